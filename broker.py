@@ -1,0 +1,96 @@
+"""Find a broker: RabbitMQ if it answers, else the embedded one for make lab and make test.
+
+    $ eval "$(python3 broker.py)"   # exports CELERY_BROKER_URL (and prints a banner)
+
+If CELERY_BROKER_URL is already set, it is checked and never replaced: an
+unreachable broker is then an error naming the URL and how to start RabbitMQ.
+The embedded broker is kombu's filesystem transport in .mailasync/broker: good
+for one machine and a few mails, not for several machines or high rates.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from kombu import Connection
+
+from settings import STATE_DIR, Settings, SettingsError, load_settings, mask_url
+
+EMBEDDED_BROKER_URL = "filesystem://"
+EMBEDDED_BROKER_DIR = STATE_DIR / "broker"
+START_RABBITMQ = (
+    "start RabbitMQ (Debian/Ubuntu: sudo apt-get install rabbitmq-server, then "
+    "sudo rabbitmq-server -detached or sudo systemctl start rabbitmq-server; "
+    "macOS: brew services start rabbitmq)"
+)
+
+
+def is_embedded(url: str) -> bool:
+    return url.startswith("filesystem://")
+
+
+def embedded_transport_options(folder: Path = EMBEDDED_BROKER_DIR) -> dict[str, object]:
+    """kombu filesystem transport options: message and control folders inside the project."""
+    queue_dir, control_dir = folder / "queue", folder / "control"
+    for path in (queue_dir, control_dir):
+        path.mkdir(parents=True, exist_ok=True)
+    return {
+        "data_folder_in": str(queue_dir),
+        "data_folder_out": str(queue_dir),
+        "control_folder": str(control_dir),
+        "polling_interval": 0.1,
+    }
+
+
+def broker_problem(url: str, timeout: float = 1.0) -> str | None:
+    """None if the broker at `url` answers within `timeout` seconds, else what is wrong."""
+    if is_embedded(url):
+        embedded_transport_options()
+        return None
+    try:
+        with Connection(url, connect_timeout=timeout) as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
+    except Exception as error:  # any failure to connect is the answer, not a crash
+        return (
+            f"the broker at {mask_url(url)} does not answer ({type(error).__name__}: {error}); "
+            f"{START_RABBITMQ}"
+        )
+    return None
+
+
+def choose(environ: dict[str, str]) -> tuple[str, str]:
+    """Return (broker URL, banner) to use, or raise SystemExit naming the fix."""
+    try:
+        configured = load_settings(environ).CELERY_BROKER_URL
+    except SettingsError as error:
+        raise SystemExit(f"mailasync: {error}") from None
+    url = Settings.CELERY_BROKER_URL
+    if configured != url or environ.get("CELERY_BROKER_URL"):
+        problem = broker_problem(configured)
+        if problem:
+            raise SystemExit(f"mailasync: CELERY_BROKER_URL is set, but {problem}")
+        return configured, f"broker: {mask_url(configured)} (from CELERY_BROKER_URL) answers"
+    if broker_problem(url) is None:
+        return url, f"broker: RabbitMQ at {url} answers"
+    banner = (
+        "*" * 72 + "\n"
+        f"* RabbitMQ does not answer at {url}.\n"
+        "* Using the EMBEDDED broker (kombu filesystem transport in .mailasync/broker).\n"
+        "* Fine for learning on one machine; for the real thing, "
+        + "install RabbitMQ (README).\n"
+        + "*" * 72
+    )
+    return EMBEDDED_BROKER_URL, banner
+
+
+def main() -> None:
+    url, banner = choose(dict(os.environ))
+    print(banner, file=sys.stderr)
+    print(f"export CELERY_BROKER_URL={shlex.quote(url)}")
+
+
+if __name__ == "__main__":
+    main()

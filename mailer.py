@@ -1,0 +1,129 @@
+"""Send mail with yagmail over a small pool of open SMTP connections.
+
+yagmail builds the message and opens the connection. Its own ``send()`` opens
+a new connection for every message and retries with long sleeps on its own,
+so the kit keeps a few logged-in clients open, hands the message yagmail
+built to the open connection, and sorts failures into two kinds: transient
+ones (worth a retry later) and permanent ones (retrying cannot help).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import smtplib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import yagmail
+
+from settings import Settings
+from validation import Mail
+
+log = logging.getLogger(__name__)
+
+
+class TransientMailError(Exception):
+    """The server could not take the mail now (refused, timed out, 4xx): retry later."""
+
+
+class PermanentMailError(Exception):
+    """The server refused the mail for good (bad login, 5xx): do not retry."""
+
+
+def classify(error: Exception) -> Exception:
+    """Wrap an SMTP or socket error as TransientMailError or PermanentMailError."""
+    if isinstance(error, smtplib.SMTPAuthenticationError):
+        return PermanentMailError(
+            f"SMTP login refused ({error.smtp_code}): check MAIL_USERNAME and MAIL_PASSWORD"
+        )
+    if isinstance(error, smtplib.SMTPRecipientsRefused):
+        codes = [code for code, _ in error.recipients.values()]
+        reason = "; ".join(
+            f"{addr}: {code} {msg.decode(errors='replace')}"
+            for addr, (code, msg) in error.recipients.items()
+        )
+        kind = TransientMailError if all(400 <= c < 500 for c in codes) else PermanentMailError
+        return kind(f"recipient refused: {reason}")
+    if isinstance(error, smtplib.SMTPResponseException):
+        text = (
+            error.smtp_error.decode(errors="replace")
+            if isinstance(error.smtp_error, bytes)
+            else str(error.smtp_error)
+        )
+        kind = TransientMailError if 400 <= error.smtp_code < 500 else PermanentMailError
+        return kind(f"SMTP server replied {error.smtp_code} {text}")
+    if isinstance(error, (smtplib.SMTPServerDisconnected, OSError)):
+        return TransientMailError(f"cannot reach the SMTP server: {error!r}")
+    return PermanentMailError(f"{type(error).__name__}: {error}")
+
+
+class Mailer:
+    """A pool of at most MAIL_MAX_CONNECTIONS open yagmail clients, safe across threads."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._idle: queue.LifoQueue[yagmail.SMTP] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(settings.MAIL_MAX_CONNECTIONS)
+
+    def connect(self) -> yagmail.SMTP:
+        """Open and log in one new connection."""
+        s = self.settings
+        client = yagmail.SMTP(
+            user=s.MAIL_USERNAME,
+            password=s.MAIL_PASSWORD or None,
+            host=s.MAIL_HOST,
+            port=s.MAIL_PORT,
+            smtp_ssl=s.MAIL_SECURITY == "ssl",
+            smtp_starttls=s.MAIL_SECURITY == "starttls",
+            smtp_skip_login=not s.MAIL_PASSWORD,
+            timeout=s.MAIL_TIMEOUT,
+        )
+        client.login()
+        return client
+
+    @contextmanager
+    def connection(self) -> Iterator[tuple[yagmail.SMTP, bool]]:
+        """Lend an open client and whether it was reused; a failed one is dropped."""
+        with self._slots:
+            try:
+                client, reused = self._idle.get_nowait(), True
+            except queue.Empty:
+                client, reused = self.connect(), False
+            try:
+                yield client, reused
+            except BaseException:
+                client.close()
+                raise
+            self._idle.put(client)
+
+    def send(self, mail: Mail, message_id: str) -> None:
+        """Send one mail; raise TransientMailError or PermanentMailError on failure."""
+        try:
+            try:
+                self._send_once(mail, message_id)
+            except smtplib.SMTPServerDisconnected:
+                # A pooled connection the server closed while idle: one fresh try.
+                self._send_once(mail, message_id)
+        except (smtplib.SMTPException, OSError) as error:
+            raise classify(error) from error
+
+    def _send_once(self, mail: Mail, message_id: str) -> None:
+        with self.connection() as (client, _reused):
+            recipients, message = client.prepare_send(
+                to=mail.to,
+                subject=mail.subject,
+                contents=yagmail.raw(mail.body),  # raw: never read the body as a file path
+                prettify_html=False,
+                message_id=message_id,
+            )
+            client.smtp.sendmail(client.user, recipients, message)
+
+    def close(self) -> None:
+        """Close every idle connection."""
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return

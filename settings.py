@@ -1,0 +1,168 @@
+"""The kit's settings, read once in layers: environment > default_settings.py > defaults.
+
+The built-in defaults send mail to the kit's local inbox (``inbox.py`` on
+127.0.0.1:8025, no TLS, no login), so nothing needs a real account. Copy
+``default_settings.py.example`` to ``default_settings.py`` to use Gmail; an
+environment variable of the same name wins over both.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent
+STATE_DIR = ROOT / ".mailasync"
+SETTINGS_FILE = ROOT / "default_settings.py"
+SECURITY_CHOICES = ("ssl", "starttls", "none")
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting the kit reads. Field names match the environment variables."""
+
+    CELERY_BROKER_URL: str = "pyamqp://guest@localhost//"
+    CELERY_RESULT_BACKEND: str = f"file://{STATE_DIR / 'results'}"
+    CELERY_QUEUE: str = "mailasync"
+    MAIL_USERNAME: str = "kit@mailasync.example"
+    MAIL_PASSWORD: str = ""
+    MAIL_HOST: str = "127.0.0.1"
+    MAIL_PORT: int = 8025
+    MAIL_SECURITY: str = "none"
+    MAIL_TIMEOUT: float = 10.0
+    MAIL_MAX_CONNECTIONS: int = 10
+    MAIL_RETRY_MAX: int = 8
+    MAIL_RETRY_BACKOFF: float = 1.0
+    MAIL_RETRY_BACKOFF_MAX: float = 60.0
+    WORK_SECONDS: float = 5.0
+    PUBLISH_TIMEOUT: float = 1.0
+    MAX_SUBJECT_LENGTH: int = 200
+    MAX_BODY_LENGTH: int = 10_000
+
+    def __repr__(self) -> str:
+        shown = []
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name == "MAIL_PASSWORD":
+                value = "***" if value else ""
+            elif field.name.endswith("_URL") or field.name == "CELERY_RESULT_BACKEND":
+                value = mask_url(value)
+            shown.append(f"{field.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    @property
+    def uses_local_inbox(self) -> bool:
+        """True when mail goes to a server on this machine (the kit's inbox)."""
+        return is_loopback(self.MAIL_HOST)
+
+
+def mask_url(url: str) -> str:
+    """Hide the password in a URL such as amqp://user:secret@host//."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}"
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and addresses in 127.0.0.0/8 or ::1."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def is_placeholder(value: str) -> bool:
+    """True for the example file's fill-me-in values, such as <your-app-password>."""
+    value = value.strip()
+    return (value.startswith("<") and value.endswith(">")) or value.lower() in {
+        "you@gmail.com",
+        "your-app-password",
+        "changeme",
+    }
+
+
+def read_settings_file(path: Path) -> dict[str, Any]:
+    """Return the upper-case names defined in a default_settings.py, or {} if absent."""
+    if not path.is_file():
+        return {}
+    spec = importlib.util.spec_from_file_location("default_settings", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {name: getattr(module, name) for name in dir(module) if name.isupper()}
+
+
+def convert(name: str, raw: Any, kind: type) -> Any:
+    """Turn a raw setting into the field's type, or say which setting is wrong."""
+    if isinstance(raw, kind) and not isinstance(raw, bool):
+        return raw
+    try:
+        return kind(str(raw).strip())
+    except ValueError:
+        raise SettingsError(
+            f"{name}={raw!r} is not a valid {kind.__name__}; fix it in the "
+            f"environment or in default_settings.py."
+        ) from None
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, settings_file: Path | None = None
+) -> Settings:
+    """Read the settings and check them, raising SettingsError with the fix."""
+    environ = os.environ if environ is None else environ
+    if settings_file is None:
+        settings_file = Path(environ.get("MAILASYNC_SETTINGS_FILE", SETTINGS_FILE))
+    from_file = read_settings_file(settings_file)
+    values: dict[str, Any] = {}
+    for field in fields(Settings):
+        kind = type(field.default)
+        if field.name in environ:
+            values[field.name] = convert(field.name, environ[field.name], kind)
+        elif field.name in from_file:
+            values[field.name] = convert(field.name, from_file[field.name], kind)
+    settings = Settings(**values)
+    check(settings)
+    return settings
+
+
+def check(settings: Settings) -> None:
+    """Refuse settings that cannot work, naming the one to fix."""
+    if settings.MAIL_SECURITY not in SECURITY_CHOICES:
+        raise SettingsError(
+            f"MAIL_SECURITY={settings.MAIL_SECURITY!r}: use one of {', '.join(SECURITY_CHOICES)}."
+        )
+    if not 0 < settings.MAIL_PORT < 65536:
+        raise SettingsError(f"MAIL_PORT={settings.MAIL_PORT} is not a TCP port (1-65535).")
+    for name in ("WORK_SECONDS", "MAIL_RETRY_BACKOFF", "MAIL_RETRY_BACKOFF_MAX"):
+        if getattr(settings, name) < 0:
+            raise SettingsError(f"{name} must be zero or more.")
+    for name in ("MAIL_TIMEOUT", "PUBLISH_TIMEOUT", "MAIL_MAX_CONNECTIONS"):
+        if getattr(settings, name) <= 0:
+            raise SettingsError(f"{name} must be more than zero.")
+    if is_placeholder(settings.MAIL_USERNAME):
+        raise SettingsError(
+            "MAIL_USERNAME is still the example's placeholder: put your address in "
+            "default_settings.py, or delete that file to use the local inbox."
+        )
+    if settings.uses_local_inbox:
+        return
+    if not settings.MAIL_PASSWORD or is_placeholder(settings.MAIL_PASSWORD):
+        raise SettingsError(
+            f"MAIL_PASSWORD is not set for {settings.MAIL_HOST}: put an app password in "
+            "default_settings.py (Gmail: myaccount.google.com/apppasswords, with 2-step "
+            "verification on), or set MAIL_HOST=127.0.0.1 to use the local inbox."
+        )

@@ -1,0 +1,138 @@
+"""Shared fixtures: an isolated broker vhost, the inbox, workers and the web app.
+
+Settings reach every process through the environment, so this file sets the
+test settings before anything imports mailasync: a RabbitMQ vhost of its own
+(created with rabbitmqctl, deleted at the end), a short WORK_SECONDS, and no
+default_settings.py (a developer's Gmail settings must never be used here).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+TEST_WORK_SECONDS = "1"
+RUN_ID = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+VHOST = f"mailasync-test-{RUN_ID}"
+_created_vhost = False
+
+
+def rabbitmqctl(*args: str) -> bool:
+    if shutil.which("rabbitmqctl") is None:
+        return False
+    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=60)
+    return done.returncode == 0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Point every process of this run at its own vhost, queue and result folder."""
+    global _created_vhost
+    os.environ["MAILASYNC_SETTINGS_FILE"] = os.devnull
+    os.environ["WORK_SECONDS"] = TEST_WORK_SECONDS
+    os.environ["CELERY_QUEUE"] = f"mailasync-test-{RUN_ID}"
+    os.environ["MAIL_RETRY_BACKOFF"] = "0.2"
+    os.environ["MAIL_RETRY_BACKOFF_MAX"] = "1"
+    results = Path(config.rootpath) / ".mailasync" / f"test-results-{RUN_ID}"
+    os.environ["CELERY_RESULT_BACKEND"] = f"file://{results}"
+    url = os.environ.get("CELERY_BROKER_URL", "")
+    if url.startswith("filesystem://"):
+        return
+    if not url and rabbitmqctl("add_vhost", VHOST):
+        rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
+        _created_vhost = True
+        os.environ["CELERY_BROKER_URL"] = f"pyamqp://guest:guest@127.0.0.1:5672/{VHOST}"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _created_vhost:
+        rabbitmqctl("delete_vhost", VHOST)
+    results = os.environ.get("CELERY_RESULT_BACKEND", "").removeprefix("file://")
+    if "test-results-" in results:
+        shutil.rmtree(results, ignore_errors=True)
+
+
+def uses_rabbitmq() -> bool:
+    return os.environ.get("CELERY_BROKER_URL", "pyamqp://").startswith(("amqp", "pyamqp"))
+
+
+needs_rabbitmq = pytest.mark.skipif(
+    not uses_rabbitmq(), reason="needs RabbitMQ (the embedded broker is in use)"
+)
+
+
+@pytest.fixture
+def queue_name(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A queue of this test's own, in the environment of every process it starts."""
+    name = f"mailasync-test-{RUN_ID}-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("CELERY_QUEUE", name)
+    return name
+
+
+@pytest.fixture
+def inbox(tmp_path: Path, queue_name: str) -> Iterator:
+    """A running inbox.py on a free port; MAIL_* in the environment point at it."""
+    from processes import start_inbox
+
+    server = start_inbox(tmp_path / "inbox")
+    previous = {key: os.environ.get(key) for key in server.env}
+    os.environ.update(server.env)
+    yield server
+    server.stop()
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture
+def mailbox(inbox, tmp_path: Path):
+    """Reader for the running inbox's folder."""
+    from inbox import Inbox
+
+    return Inbox(tmp_path / "inbox")
+
+
+@pytest.fixture
+def start_worker(inbox) -> Iterator[Callable]:
+    """Start workers on this test's queue; every one is stopped afterwards."""
+    from processes import start_worker as start
+
+    started = []
+
+    def factory(**options):
+        worker = start(**options)
+        started.append(worker)
+        return worker
+
+    yield factory
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def web(inbox) -> Iterator:
+    """app.py served on a free port, with this test's settings."""
+    from processes import start_app
+
+    server = start_app()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def producer(queue_name: str):
+    """The sendMail task as seen by a producer with this test's settings."""
+    import importlib
+
+    import mailasync
+
+    module = importlib.reload(mailasync)
+    yield module
+    module.app.close()

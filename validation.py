@@ -1,0 +1,80 @@
+"""Check a mail request before anything is queued or sent.
+
+The same check runs in the web app (to answer 400 at once) and in the task
+(because anything that can publish to the queue can call it).
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from email_validator import EmailNotValidError, validate_email
+
+FIELDS = ("to", "subject", "body")
+MAX_ADDRESS_LENGTH = 254
+
+
+class InvalidMail(ValueError):
+    """The request cannot be sent as it is; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Mail:
+    """A checked mail request: one recipient, a one-line subject, a text body."""
+
+    to: str
+    subject: str
+    body: str
+
+    def as_task_data(self) -> dict[str, str]:
+        """The plain JSON data that crosses the queue."""
+        return asdict(self)
+
+
+def validate_mail(data: Any, max_subject: int = 200, max_body: int = 10_000) -> Mail:
+    """Return a Mail built from `data`, or raise InvalidMail saying what is wrong."""
+    if not isinstance(data, dict):
+        raise InvalidMail('send a JSON object such as {"to": ..., "subject": ..., "body": ...}')
+    missing = [name for name in FIELDS if name not in data]
+    if missing:
+        raise InvalidMail(f"missing field(s): {', '.join(missing)}")
+    unknown = sorted(set(map(str, data)) - set(FIELDS))
+    if unknown:
+        raise InvalidMail(f"unknown field(s): {', '.join(unknown)}; send only to, subject, body")
+    for name in FIELDS:
+        if not isinstance(data[name], str):
+            raise InvalidMail(f"{name!r} must be a string")
+        if "\x00" in data[name]:
+            raise InvalidMail(f"{name!r} must not contain NUL characters")
+        if any(unicodedata.category(char) == "Cs" for char in data[name]):
+            raise InvalidMail(f"{name!r} must be valid Unicode (no lone surrogates)")
+    to, subject, body = data["to"], data["subject"], data["body"]
+    for name, value in (("to", to), ("subject", subject)):
+        if any(is_line_break_or_control(char) for char in value):
+            raise InvalidMail(f"{name!r} must be a single line (no CR, LF or control characters)")
+    if any(is_line_break_or_control(char) and char not in "\t\r\n" for char in body):
+        raise InvalidMail("'body' must not contain control characters other than tab and newline")
+    if len(subject) > max_subject:
+        raise InvalidMail(f"'subject' is {len(subject)} characters; the limit is {max_subject}")
+    if len(body) > max_body:
+        raise InvalidMail(f"'body' is {len(body)} characters; the limit is {max_body}")
+    return Mail(to=validate_address(to), subject=subject, body=body)
+
+
+def is_line_break_or_control(char: str) -> bool:
+    """True for control characters and Unicode line or paragraph separators."""
+    return unicodedata.category(char) in {"Cc", "Zl", "Zp"}
+
+
+def validate_address(to: str) -> str:
+    """Return the normalized form of exactly one valid address."""
+    if len(to) > MAX_ADDRESS_LENGTH:
+        raise InvalidMail(f"'to' is longer than {MAX_ADDRESS_LENGTH} characters")
+    if "," in to or ";" in to:
+        raise InvalidMail("'to' must be exactly one address, not a list")
+    try:
+        return validate_email(to.strip(), check_deliverability=False).normalized
+    except EmailNotValidError as error:
+        raise InvalidMail(f"'to' is not a valid address: {error}") from None

@@ -61,14 +61,13 @@ def broker_problem(url: str, timeout: float = 1.0) -> str | None:
     return None
 
 
-def choose(environ: dict[str, str]) -> tuple[str, str]:
+def choose(environ: dict[str, str], url: str = Settings.CELERY_BROKER_URL) -> tuple[str, str]:
     """Return (broker URL, banner) to use, or raise SystemExit naming the fix."""
     try:
         configured = load_settings(environ).CELERY_BROKER_URL
     except SettingsError as error:
         raise SystemExit(f"mailasync: {error}") from None
-    url = Settings.CELERY_BROKER_URL
-    if configured != url or environ.get("CELERY_BROKER_URL"):
+    if configured != Settings.CELERY_BROKER_URL or environ.get("CELERY_BROKER_URL"):
         problem = broker_problem(configured)
         if problem:
             raise SystemExit(f"mailasync: CELERY_BROKER_URL is set, but {problem}")

@@ -8,6 +8,7 @@ environment variable of the same name wins over both.
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import ipaddress
 import os
@@ -99,10 +100,11 @@ def read_settings_file(path: Path) -> dict[str, Any]:
     """Return the upper-case names defined in a default_settings.py, or {} if absent."""
     if not path.is_file():
         return {}
-    spec = importlib.util.spec_from_file_location("default_settings", path)
-    assert spec is not None and spec.loader is not None
+    loader = importlib.machinery.SourceFileLoader("default_settings", str(path))
+    spec = importlib.util.spec_from_loader("default_settings", loader)
+    assert spec is not None
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    loader.exec_module(module)
     return {name: getattr(module, name) for name in dir(module) if name.isupper()}
 
 

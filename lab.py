@@ -24,8 +24,9 @@ API (stable: names are added, never renamed):
 - ``Kit``: ``name``, ``queue``, ``env`` (what was set), ``inbox`` (``inbox.Inbox``
   reader), ``inbox_process``, ``workers`` / ``worker`` (first one), ``web`` /
   ``url`` (the app, or None), ``mailasync`` (the loaded module), ``settings``;
-  ``add_worker(**options)``, ``stop_workers()``, ``start_app()``, ``purge()``,
-  ``ping(timeout)``, ``stop()``; also a context manager.
+  ``add_worker(pool, concurrency, env=None, **options)``, ``stop_workers()``,
+  ``start_app()``, ``purge()``, ``ping(timeout)``, ``stop()``; a context manager.
+- ``show_log(process, contains=None, last=None)``: print a worker's or app's log.
 - ``timed(fn, *args, **kwargs) -> (result, seconds)``; ``time_calls(fn, n, desc)``.
 - ``percentiles(samples, qs=(50, 90, 99)) -> Table``; ``Table`` renders as HTML in
   Jupyter and as text in ``print``.
@@ -102,12 +103,26 @@ class Kit:
         """The web app's address, such as http://127.0.0.1:40123, or None."""
         return getattr(self.web, "url", None)
 
-    def add_worker(self, pool: str = "threads", concurrency: int = 1, **options: Any) -> Background:
-        """Start one more worker on this kit's queue and wait until it is ready."""
+    def add_worker(
+        self,
+        pool: str = "threads",
+        concurrency: int = 1,
+        env: Mapping[str, str] | None = None,
+        **options: Any,
+    ) -> Background:
+        """Start one more worker on this kit's queue and wait until it is ready.
+
+        `env` adds to the kit's settings for this worker only, such as
+        {"WORK_SECONDS": "0.3"}; other options go to processes.start_worker.
+        """
         number = len(self.workers) + 1
         name = options.pop("name", f"nb{self.name}-w{number}-{os.getpid()}")
         worker = processes.start_worker(
-            env=self.env, pool=pool, concurrency=concurrency, name=name, **options
+            env={**self.env, **(env or {})},
+            pool=pool,
+            concurrency=concurrency,
+            name=name,
+            **options,
         )
         self.workers.append(worker)
         return worker
@@ -241,6 +256,16 @@ def delete_queue(celery_app: Any, queue: str) -> None:
 def worker_hostname(worker: Background) -> str:
     """The node name a worker answers to (celery expands %h to the host name)."""
     return f"{worker.name}@{platform.node()}"
+
+
+def show_log(process: Background, contains: str | None = None, last: int | None = None) -> None:
+    """Print a background process's log on purpose: the lines with `contains`, the `last` ones."""
+    lines = process.log_text().splitlines()
+    if contains is not None:
+        lines = [line for line in lines if contains in line]
+    if last is not None:
+        lines = lines[-last:]
+    print("\n".join(lines))
 
 
 # --- timing and tables -----------------------------------------------------

@@ -12,6 +12,10 @@ PY := $(BIN)/python
 JUPYTER_PORT ?= 8888
 FLOWER_PORT ?= 5555
 INBOX_DIR ?= inbox
+# Notebooks run in notebooks/ and import the kit's modules from the repository root.
+export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
+# Jupyter refuses to run as root unless told (CI and containers run as root).
+ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 # Every recipe line that talks to Celery first picks a broker (RabbitMQ, else embedded).
 WITH_BROKER := eval "$$($(PY) broker.py)" &&
 # pytest exits 5 when a stage collects nothing (e.g. no browser): say so, don't fail.
@@ -32,7 +36,7 @@ $(VENV)/.installed: requirements.txt
 lab: setup
 	@echo "JupyterLab: open the http://127.0.0.1:$(JUPYTER_PORT)/lab?token=... URL printed below."
 	$(WITH_BROKER) exec $(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --port=$(JUPYTER_PORT) \
-		--ServerApp.root_dir=notebooks
+		--ServerApp.root_dir=notebooks $(ALLOW_ROOT)
 
 test: setup lint test-unit test-notebooks
 

@@ -1,0 +1,87 @@
+"""Mailer: yagmail over reused SMTP connections, and failures sorted into two kinds."""
+
+from pathlib import Path
+
+import pytest
+
+from inbox import Inbox, make_controller
+from mailer import Mailer, PermanentMailError, TransientMailError
+from processes import free_port
+from settings import Settings
+from validation import Mail
+
+MAIL = Mail(to="learner@example.com", subject="Hi", body="/etc/passwd")
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def server(tmp_path: Path, port: int):
+    """An in-process inbox on a free port; yields a function that restarts it."""
+    controllers = [make_controller(tmp_path / "mail", port=port)]
+    controllers[0].start()
+
+    def restart() -> None:
+        controllers[-1].stop()
+        controllers.append(make_controller(tmp_path / "mail", port=port))
+        controllers[-1].start()
+
+    yield restart
+    controllers[-1].stop()
+
+
+def mailer_for(port: int, **overrides) -> Mailer:
+    return Mailer(Settings(MAIL_PORT=port, MAIL_TIMEOUT=5, **overrides))
+
+
+def test_connections_are_reused_and_the_body_is_never_read_as_a_file(
+    server, port: int, tmp_path: Path
+) -> None:
+    mailer = mailer_for(port)
+    for number in range(3):
+        mailer.send(MAIL, message_id=f"<{number}@test>")
+    mails = Inbox(tmp_path / "mail").wait_for(3, timeout=10)
+    assert [m.message_id for m in mails] == ["<0@test>", "<1@test>", "<2@test>"]
+    assert mails[0].body == "/etc/passwd"  # yagmail would attach the file if not raw
+    assert not mails[0].message.get_payload()[1:]  # no attachment part
+    assert mailer._idle.qsize() == 1  # one connection served all three
+    mailer.close()
+
+
+def test_a_connection_the_server_dropped_is_replaced(server, port: int, tmp_path: Path) -> None:
+    mailer = mailer_for(port)
+    mailer.send(MAIL, message_id="<before@test>")
+    server()  # the server restarts: the pooled connection is now dead
+    mailer.send(MAIL, message_id="<after@test>")
+    assert len(Inbox(tmp_path / "mail").wait_for(2, timeout=10)) == 2
+    mailer.close()
+
+
+def test_refused_connection_is_transient(port: int) -> None:
+    with pytest.raises(TransientMailError, match="cannot reach"):
+        mailer_for(port).send(MAIL, message_id="<x@test>")
+
+
+def test_4xx_is_transient_and_5xx_permanent(server, port: int) -> None:
+    mailer = mailer_for(port)
+    with pytest.raises(TransientMailError, match="451"):
+        mailer.send(Mail("tempfail@example.com", "s", "b"), message_id="<t@test>")
+    with pytest.raises(PermanentMailError, match="550"):
+        mailer.send(Mail("reject@example.com", "s", "b"), message_id="<p@test>")
+
+
+def test_a_wrong_password_is_permanent_and_not_shown(tmp_path: Path, port: int) -> None:
+    controller = make_controller(tmp_path / "mail", port=port, password="right-one")
+    controller.start()
+    try:
+        mailer = mailer_for(port, MAIL_PASSWORD="wrong-secret")
+        with pytest.raises(PermanentMailError, match="MAIL_PASSWORD") as caught:
+            mailer.send(MAIL, message_id="<a@test>")
+        assert "wrong-secret" not in str(caught.value)
+        mailer_for(port, MAIL_PASSWORD="right-one").send(MAIL, message_id="<b@test>")
+    finally:
+        controller.stop()
+    assert Inbox(tmp_path / "mail").count() == 1

@@ -223,15 +223,16 @@ def lanes(spans: Sequence[TaskSpan]) -> dict[str, str]:
     """
     lane_of: dict[str, str] = {}
     busy_until: dict[tuple[str, int], float] = {}
-    for span in sorted(spans, key=lambda s: s.started or 0.0):
+    for span in sorted(spans, key=lambda s: _or_last(s.started)):
         host = short_host(span.hostname)
         if span.runner and not span.runner.startswith(("MainThread", "Dummy")):
             lane_of[span.task_id] = f"{host} / {span.runner}"
             continue
         slot = 0
-        while busy_until.get((host, slot), float("-inf")) > (span.started or 0.0) + 1e-3:
+        started = _or_last(span.started)
+        while busy_until.get((host, slot), float("-inf")) > started + 1e-3:
             slot += 1
-        busy_until[(host, slot)] = span.done or span.started or 0.0
+        busy_until[(host, slot)] = started if span.done is None else span.done
         lane_of[span.task_id] = f"{host} / slot {slot}"
     return lane_of
 
@@ -249,14 +250,19 @@ def max_overlap(spans: Sequence[TaskSpan]) -> int:
     return peak
 
 
+def _or_last(moment: float | None) -> float:
+    """Sort key: a moment that never came sorts last."""
+    return float("inf") if moment is None else moment
+
+
 def start_order(spans: Sequence[TaskSpan]) -> list[str]:
     """Labels in the order their tasks started."""
-    return [s.label for s in sorted(spans, key=lambda s: s.started or float("inf"))]
+    return [s.label for s in sorted(spans, key=lambda s: _or_last(s.started))]
 
 
 def done_order(spans: Sequence[TaskSpan]) -> list[str]:
     """Labels in the order their tasks finished."""
-    return [s.label for s in sorted(spans, key=lambda s: s.done or float("inf"))]
+    return [s.label for s in sorted(spans, key=lambda s: _or_last(s.done))]
 
 
 def timeline_chart(
@@ -272,7 +278,7 @@ def timeline_chart(
     timed = [s for s in spans if s.started is not None and s.done is not None]
     if not timed:
         raise ValueError("no task has both a started and a done event yet")
-    zero = min(s.sent or s.started for s in timed)  # type: ignore[type-var]
+    zero = min(s.started if s.sent is None else s.sent for s in timed)  # type: ignore[type-var]
     lane_of = lanes(timed)
     names = sorted(set(lane_of.values()))
     row = {name: i for i, name in enumerate(names)}

@@ -43,6 +43,7 @@ test: setup lint test-unit test-notebooks
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/actionlint .github/workflows/*.yml
 
 test-unit: setup
 	$(call pytest_stage,tests)

@@ -18,7 +18,8 @@ API (stable: names are added, never renamed):
 - ``start_kit(name, work_seconds=None, workers=1, pool="threads", concurrency=1,
   app=False, env=None) -> Kit``: sets ``os.environ`` for this kernel
   (CELERY_QUEUE ``mailasync-nb-<name>-<pid>``, MAIL_HOST/MAIL_PORT/MAIL_SECURITY of
-  a fresh inbox under ``.mailasync/notebooks/<name>/inbox``, WORK_SECONDS if given,
+  a fresh inbox under ``.mailasync/notebooks/<name>-<pid>/inbox``, removed at stop,
+  WORK_SECONDS if given,
   no default_settings.py, a broker chosen like ``make lab`` if none is set), then
   (re)loads ``mailasync``, purges the queue and starts the processes.
 - ``Kit``: ``name``, ``queue``, ``env`` (what was set), ``inbox`` (``inbox.Inbox``
@@ -158,6 +159,7 @@ class Kit:
         self.stop_workers()
         self.inbox_process.stop()
         delete_queue(self.mailasync.app, self.queue)
+        shutil.rmtree(self.inbox.folder.parent, ignore_errors=True)
 
     def __enter__(self) -> Kit:
         return self
@@ -176,7 +178,8 @@ def start_kit(
     env: Mapping[str, str] | None = None,
 ) -> Kit:
     """Set this kernel's environment for notebook `name`, load mailasync, start the kit."""
-    folder = NOTEBOOK_DIR / name / "inbox"
+    # Per kernel, so two runs of one notebook (JupyterLab and nbval) never share an inbox.
+    folder = NOTEBOOK_DIR / f"{name}-{os.getpid()}" / "inbox"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     ensure_broker()
@@ -387,7 +390,7 @@ def wait_for_mail(
 ) -> list[ReceivedMail]:
     """Wait until the inbox holds `count` mails, with a progress bar; return them all."""
     deadline = time.monotonic() + timeout
-    with tqdm(total=count, desc=desc, file=sys.stdout, ncols=80) as bar:
+    with tqdm(total=count, desc=desc, file=sys.stdout, ncols=80, mininterval=0.5) as bar:
         while (seen := inbox.count()) < count:
             if seen > bar.n:
                 bar.update(seen - bar.n)

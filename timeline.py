@@ -1,17 +1,18 @@
 """A timeline of which worker slot ran which mail when, from Celery's own events.
 
 Workers publish task events (worker_send_task_events=True in mailasync.py) to
-the broker's ``celeryev`` exchange; the producer publishes ``task-sent``
-(task_send_sent_event=True). ``EventCapture`` listens to them in a background
+the broker's ``celeryev`` exchange (the producer's ``task-sent`` is off: it
+costs a second publish per ``.delay()``, so the sender passes its own send
+times to ``spans``). ``EventCapture`` listens to them in a background
 thread of the notebook, like a tiny Flower, and ``timeline_chart`` draws one
 lane per worker process or thread:
 
     >>> import timeline
     >>> capture = timeline.EventCapture(kit.mailasync.app).start()
     >>> kit.add_worker(pool="threads", concurrency=2, extra_args=timeline.WORKER_ARGS)
-    >>> results = [kit.mailasync.sendMail.delay(lab.mail(i)) for i in range(8)]
-    >>> capture.wait_until_done([r.id for r in results])
-    >>> spans = capture.spans({r.id: f"#{i}" for i, r in enumerate(results)})
+    >>> sent = {kit.mailasync.sendMail.delay(lab.mail(i)).id: time.time() for i in range(8)}
+    >>> capture.wait_until_done(sent)
+    >>> spans = capture.spans({task_id: f"#{i}" for i, task_id in enumerate(sent)}, sent)
     >>> timeline.timeline_chart(spans)
     >>> capture.stop()
 
@@ -173,8 +174,14 @@ class EventCapture:
             time.sleep(0.05)
         time.sleep(0.3)  # task-runner events travel on their own connection: let them land
 
-    def spans(self, labels: Mapping[str, str]) -> list[TaskSpan]:
-        """One TaskSpan per task id in `labels` (id -> label), ordered by start time."""
+    def spans(
+        self, labels: Mapping[str, str], sent: Mapping[str, float] | None = None
+    ) -> list[TaskSpan]:
+        """One TaskSpan per task id in `labels` (id -> label), ordered by start time.
+
+        `sent` (id -> time.time() at .delay()) stands in for task-sent events.
+        """
+        sent = sent or {}
         by_id: dict[str, dict[str, Any]] = {task_id: {} for task_id in labels}
         for event in self.snapshot():
             fields = by_id.get(event.get("uuid", ""))
@@ -200,7 +207,7 @@ class EventCapture:
                 hostname=fields.get("hostname", "?"),
                 runner=fields.get("runner") or "",
                 state=fields.get("state", "PENDING"),
-                sent=fields.get("sent"),
+                sent=fields.get("sent", sent.get(task_id)),
                 received=fields.get("received"),
                 started=fields.get("started"),
                 done=fields.get("done"),

@@ -88,3 +88,9 @@ def test_chart_draws_one_lane_per_runner() -> None:
     figure = timeline.timeline_chart(spans)
     labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
     assert labels == ["w1 / thread 0", "w1 / thread 1"]
+
+
+def test_the_senders_own_times_stand_in_for_task_sent_events() -> None:
+    events = [e for e in life("a", "w1@box", 0.0, 2.0, 3.0) if e["type"] != "task-sent"]
+    (span,) = make_capture(events).spans({"a": "#0"}, sent={"a": 0.5})
+    assert span.sent == 0.5 and span.waited == 1.5

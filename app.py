@@ -61,6 +61,9 @@ def read_json_body() -> Any:
     if request.mimetype != "application/json":
         raise BadRequest("send the body as JSON with Content-Type: application/json", 415)
     raw = request.get_data(cache=False)
+    if request.content_length is None and len(raw) >= MAX_REQUEST_BYTES:
+        # A chunked body is cut at the limit without an error: never parse the cut part.
+        raise BadRequest(f"the body is larger than {MAX_REQUEST_BYTES} bytes", 413)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -272,6 +272,11 @@ def done_order(spans: Sequence[TaskSpan]) -> list[str]:
     return [s.label for s in sorted(spans, key=lambda s: _or_last(s.done))]
 
 
+def natural(text: str) -> list[Any]:
+    """Sort key that puts 'slot 2' before 'slot 10'."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
 def timeline_chart(
     spans: Sequence[TaskSpan], title: str = "Which worker ran which mail, when"
 ) -> Any:
@@ -287,7 +292,7 @@ def timeline_chart(
         raise ValueError("no task has both a started and a done event yet")
     zero = min(s.started if s.sent is None else s.sent for s in timed)  # type: ignore[type-var]
     lane_of = lanes(timed)
-    names = sorted(set(lane_of.values()))
+    names = sorted(set(lane_of.values()), key=natural)
     row = {name: i for i, name in enumerate(names)}
     hosts = sorted({short_host(s.hostname) for s in timed})
     colours = {host: plt.get_cmap("tab10")(i % 10) for i, host in enumerate(hosts)}

@@ -94,3 +94,11 @@ def test_the_senders_own_times_stand_in_for_task_sent_events() -> None:
     events = [e for e in life("a", "w1@box", 0.0, 2.0, 3.0) if e["type"] != "task-sent"]
     (span,) = make_capture(events).spans({"a": "#0"}, sent={"a": 0.5})
     assert span.sent == 0.5 and span.waited == 1.5
+
+
+def test_lanes_sort_by_number() -> None:
+    assert sorted(["w / slot 10", "w / slot 2", "w / slot 1"], key=timeline.natural) == [
+        "w / slot 1",
+        "w / slot 2",
+        "w / slot 10",
+    ]

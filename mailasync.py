@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_shutdown
+from celery.signals import celeryd_init, worker_process_shutdown
 
 from broker import embedded_transport_options, is_embedded
 from mailer import Mailer, PermanentMailError, TransientMailError
@@ -82,6 +82,22 @@ if is_embedded(settings.CELERY_BROKER_URL):
     app.conf.broker_transport_options = embedded_transport_options()
 if settings.CELERY_RESULT_BACKEND.startswith("file://"):
     Path(settings.CELERY_RESULT_BACKEND.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
+
+
+@celeryd_init.connect
+def tune_green_pools(conf: Any, options: dict[str, Any], **_: Any) -> None:
+    """gevent/eventlet workers: no AMQP heartbeats, which cap them near 10 messages a second.
+
+    With a green pool Celery runs its blocking loop, which after every frame
+    from the broker waits up to 0.1 s on the event connection when heartbeats
+    are on (celery/worker/loops.py synloop, _quick_drain). A dead broker
+    connection is still noticed through the TCP keepalive that py-amqp sets.
+    """
+    pool = options.get("pool") or options.get("pool_cls") or conf.worker_pool
+    name = pool if isinstance(pool, str) else f"{pool.__module__}.{pool.__name__}"
+    if "gevent" in name or "eventlet" in name:
+        conf.broker_heartbeat = 0
+
 
 ledger = SentLedger(app)
 _mailer: Mailer | None = None

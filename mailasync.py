@@ -78,6 +78,10 @@ app.conf.update(
     worker_send_task_events=True,
     task_send_sent_event=False,
 )
+# Celery reads a CELERY_RESULT_BACKEND environment variable in place of
+# result_backend, and the kit's setting has that name: without this, a
+# file:// URL from the environment got Celery's non-atomic file backend.
+app.backend_cls = backend_url(settings.CELERY_RESULT_BACKEND)
 if is_embedded(settings.CELERY_BROKER_URL):
     app.conf.broker_transport_options = embedded_transport_options()
 if settings.CELERY_RESULT_BACKEND.startswith("file://"):

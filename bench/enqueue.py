@@ -1,0 +1,70 @@
+"""2. Enqueue throughput from one producer: sendMail.delay() calls per second.
+
+Three ways of publishing, in alternating rounds in one process:
+- "kit": `sendMail.delay()` with the kit's configuration (durable queue,
+  persistent message, JSON);
+- "sent-event": the same with `task_send_sent_event=True`, which the kit used
+  to set: one more publish (a task-sent event) per call;
+- "confirm": through a connection with `confirm_publish=True`, where every
+  publish waits for RabbitMQ's acknowledgement.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench.env import BenchEnv
+from bench.stats import spread
+
+MAIL = {"to": "bench@example.com", "subject": "Benchmark", "body": "Hello"}
+
+
+def run(env: BenchEnv, n: int = 3000, rounds: int = 5) -> dict[str, Any]:
+    """Calls per second for each way of publishing, and their ratios to the kit's."""
+    import mailasync
+
+    task, app = mailasync.sendMail, mailasync.app
+    queue = app.conf.task_default_queue
+    confirming = app.connection_for_write(transport_options={"confirm_publish": True})
+    producer = confirming.Producer()
+
+    def kit() -> None:
+        task.delay(MAIL)
+
+    def sent_event() -> None:
+        task.delay(MAIL)
+
+    def confirm() -> None:
+        task.apply_async((MAIL,), producer=producer)
+
+    ways = {"kit": kit, "sent-event": sent_event, "confirm": confirm}
+    rates: dict[str, list[float]] = {name: [] for name in ways}
+    kit_setting = app.conf.task_send_sent_event
+    try:
+        for call in ways.values():  # warm up: connections, queue declaration
+            for _ in range(100):
+                call()
+        for _ in range(rounds):
+            for name, call in ways.items():
+                app.conf.task_send_sent_event = name == "sent-event" or kit_setting
+                began = time.perf_counter()
+                for _ in range(n):
+                    call()
+                rates[name].append(n / (time.perf_counter() - began))
+                env.purge(queue)
+    finally:
+        app.conf.task_send_sent_event = kit_setting
+        confirming.release()
+        env.purge(queue)
+    per_second = {name: spread(values) for name, values in rates.items()}
+    kit_rate = per_second["kit"]["median"]
+    return {
+        "n_per_round": n,
+        "rounds": rounds,
+        "kit_sends_sent_event": bool(kit_setting),
+        "per_second": per_second,
+        "ms_per_call": {name: 1000 / s["median"] for name, s in per_second.items()},
+        "confirm_cost_ratio": kit_rate / per_second["confirm"]["median"],
+        "sent_event_cost_ratio": kit_rate / per_second["sent-event"]["median"],
+    }

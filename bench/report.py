@@ -1,0 +1,209 @@
+"""Write the results: results.json, a Markdown table (README.md) and PNG charts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+TARGETS = {
+    "send_over_noop_p50": 1.3,
+    "sync_over_send_p50": 1000.0,
+    "enqueue_per_second": 3000.0,
+    "drain_over_ideal": 1.3,
+}
+RECOMMENDED = "celery -A mailasync worker --loglevel=INFO --pool=gevent --concurrency=500"
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f}"
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The results as the Markdown page bench/results/README.md."""
+    m = results["machine"]
+    lines = [
+        "# Benchmark results",
+        "",
+        "Written by `make bench` (`python -m bench`); see bench/README.md for what each "
+        "figure means. Figures are ratios taken side by side in one run: absolute times on a "
+        "shared machine vary.",
+        "",
+        f"Machine: {m['nproc']} cores ({m['cpu']}), Python {m['python']}, "
+        f"RabbitMQ {m['rabbitmq']}, load average at start "
+        f"{', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}; "
+        + ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+        + f". Run: `{results['command']}` at {results['date']}.",
+        "",
+    ]
+    if "response" in results:
+        r = results["response"]
+        lines += [
+            "## 1. Response time",
+            "",
+            f"Server: {r['server']}. Client: {r['load_generator']}. "
+            f"WORK_SECONDS={r['work_seconds']}.",
+            "",
+            "| clients | endpoint | requests | p50 ms | p95 ms | p99 ms |",
+            "|---:|---|---:|---:|---:|---:|",
+        ]
+        for fig in r["results"].values():
+            for name, s in fig["endpoints"].items():
+                lines.append(
+                    f"| {fig['clients']} | {name} | {s['n']} | {ms(s['p50'])} | "
+                    f"{ms(s['p95'])} | {ms(s['p99'])} |"
+                )
+        lines += [
+            "",
+            "| clients | /send p50 / /noop p50 (target ≤ 1.3) | "
+            "/send-sync p50 / /send p50 (target ≥ 1000) |",
+            "|---:|---|---|",
+        ]
+        for fig in r["results"].values():
+            a, b = fig["send_over_noop_p50"], fig["sync_over_send_p50"]
+            lines.append(
+                f"| {fig['clients']} | {a:.2f} ({verdict(a <= 1.3)}) | "
+                f"{b:.0f} ({verdict(b >= 1000)}) |"
+            )
+        lines.append("")
+    if "enqueue" in results:
+        e = results["enqueue"]
+        lines += [
+            "## 2. Enqueue throughput (one producer, sendMail.delay())",
+            "",
+            f"{e['rounds']} alternating rounds of {e['n_per_round']} calls each.",
+            "",
+            "| way of publishing | calls/s median (min–max) | ms per call | cost vs kit |",
+            "|---|---|---:|---:|",
+        ]
+        for name, s in e["per_second"].items():
+            cost = e["per_second"]["kit"]["median"] / s["median"]
+            lines.append(
+                f"| {name} | {s['median']:.0f} ({s['min']:.0f}–{s['max']:.0f}) | "
+                f"{e['ms_per_call'][name]:.3f} | {cost:.2f}× |"
+            )
+        kit = e["per_second"]["kit"]["median"]
+        lines += ["", f"Target ≥ 3000/s: {kit:.0f}/s, {verdict(kit >= 3000)}.", ""]
+    if "drain" in results:
+        lines += [
+            "## 3. Drain into the local inbox",
+            "",
+            "Wall time from the first publish to the last mail stored; ideal = "
+            "ceil(N / C) × WORK_SECONDS.",
+            "",
+            "| pool | concurrency | N | wall s | ideal s | wall / ideal | mails/s |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for d in results["drain"]["runs"]:
+            lines.append(
+                f"| {d['pool']} | {d['concurrency']} | {d['n']} | {d['wall_seconds']:.1f} | "
+                f"{d['ideal_seconds']:.1f} | {d['over_ideal']:.2f} | {d['mails_per_second']:.1f} |"
+            )
+        io = [d["over_ideal"] for d in results["drain"]["runs"] if d["pool"] != "prefork"]
+        if io:
+            lines += [
+                "",
+                f"Best I/O pool: {min(io):.2f}× ideal (target ≤ 1.3, {verdict(min(io) <= 1.3)}).",
+                "",
+            ]
+    if "scale" in results:
+        s = results["scale"]
+        lines += [
+            "## 4. Scale out",
+            "",
+            f"{s['n']} mails, WORK_SECONDS={s['work_seconds']}, each worker "
+            f"--pool={s['pool']} --concurrency={s['concurrency_per_worker']}, "
+            f"{s['repeats']} repeat(s).",
+            "",
+            "| workers | mails/s median (min–max) | throughput / one worker's |",
+            "|---:|---|---:|",
+        ]
+        for count, t in s["throughput"].items():
+            lines.append(
+                f"| {count} | {t['median']:.1f} ({t['min']:.1f}–{t['max']:.1f}) | "
+                f"{s['speedup'][count]:.2f}× |"
+            )
+        lines.append("")
+    lines += [f"Recommended worker for I/O-bound sends: `{RECOMMENDED}`.", ""]
+    if results.get("notes"):
+        lines += ["## Notes", "", *results["notes"], ""]
+    return "\n".join(lines)
+
+
+def charts(results: dict[str, Any], out: Path) -> list[Path]:
+    """One PNG per benchmark that ran."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    if "response" in results:
+        figs = list(results["response"]["results"].values())
+        fig, axes = plt.subplots(1, len(figs), figsize=(5 * len(figs), 4), squeeze=False)
+        for ax, r in zip(axes[0], figs, strict=True):
+            names = list(r["endpoints"])
+            for i, q in enumerate(("p50", "p95", "p99")):
+                values = [r["endpoints"][n][q] * 1000 for n in names]
+                ax.bar([x + i * 0.25 for x in range(len(names))], values, width=0.25, label=q)
+            ax.set_xticks([x + 0.25 for x in range(len(names))], names)
+            ax.set_yscale("log")
+            ax.set_ylabel("ms (log scale)")
+            ax.set_title(f"{r['clients']} client(s)")
+            ax.legend()
+        fig.suptitle("Response time")
+        written.append(save(fig, out / "response.png"))
+    if "drain" in results:
+        runs = results["drain"]["runs"]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        labels = [f"{d['pool']}\nC={d['concurrency']}, N={d['n']}" for d in runs]
+        ax.bar(labels, [d["over_ideal"] for d in runs])
+        ax.axhline(1.3, color="red", linestyle="--", label="target 1.3")
+        ax.axhline(1.0, color="grey", linestyle=":", label="ideal")
+        ax.set_ylabel("wall time / ideal")
+        ax.set_title("Drain into the local inbox")
+        ax.legend()
+        written.append(save(fig, out / "drain.png"))
+    if "scale" in results:
+        s = results["scale"]
+        counts = [int(c) for c in s["speedup"]]
+        fig, ax = plt.subplots(figsize=(5, 4))
+        ax.plot(counts, [s["speedup"][str(c)] for c in counts], marker="o", label="measured")
+        ax.plot(counts, counts, linestyle=":", color="grey", label="linear")
+        ax.set_xlabel("worker processes")
+        ax.set_ylabel("throughput / one worker's")
+        ax.set_title("Scale out")
+        ax.legend()
+        written.append(save(fig, out / "scale.png"))
+    if "enqueue" in results:
+        e = results["enqueue"]
+        fig, ax = plt.subplots(figsize=(5, 4))
+        names = list(e["per_second"])
+        ax.bar(names, [e["per_second"][n]["median"] for n in names])
+        ax.axhline(3000, color="red", linestyle="--", label="target 3000/s")
+        ax.set_ylabel("sendMail.delay() per second")
+        ax.set_title("Enqueue throughput, one producer")
+        ax.legend()
+        written.append(save(fig, out / "enqueue.png"))
+    return written
+
+
+def save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write(results: dict[str, Any], out: Path) -> None:
+    """Write results.json, README.md and the charts into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "README.md").write_text(markdown(results))
+    charts(results, out)

@@ -1,0 +1,32 @@
+"""Small statistics helpers: percentiles, medians and spreads."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Sequence
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100), interpolated between the closest ranks."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    position = (len(ordered) - 1) * q / 100
+    low = int(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def summary(latencies: Sequence[float]) -> dict[str, float]:
+    """Count, p50, p95 and p99 of latencies in seconds."""
+    return {
+        "n": len(latencies),
+        "p50": percentile(latencies, 50),
+        "p95": percentile(latencies, 95),
+        "p99": percentile(latencies, 99),
+    }
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """Median, min and max of repeated measurements: how noisy the machine was."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}

@@ -1,0 +1,64 @@
+"""A tiny run of every benchmark: it starts, measures, and writes its results.
+
+Structure and sanity only; speed belongs in `make bench`, not in tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import needs_rabbitmq
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.integration
+@needs_rabbitmq
+def test_bench_smoke_run_writes_every_figure(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CELERY_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["machine"]["nproc"] >= 1
+
+    for fig in results["response"]["results"].values():
+        stats = fig["endpoints"]
+        assert set(stats) == {"noop", "send", "send-sync"}
+        for s in stats.values():
+            assert 0 < s["p50"] <= s["p95"] <= s["p99"]
+        # /send-sync does WORK_SECONDS (0.2 s in the smoke run) inside the request.
+        assert stats["send-sync"]["p50"] >= 0.2
+        assert fig["sync_over_send_p50"] > 1
+
+    enqueue = results["enqueue"]
+    assert set(enqueue["per_second"]) == {"kit", "sent-event", "confirm"}
+    assert enqueue["kit_sends_sent_event"] is False
+    assert all(s["median"] > 0 for s in enqueue["per_second"].values())
+
+    runs = results["drain"]["runs"]
+    assert [run["pool"] for run in runs] == ["prefork", "threads", "gevent"]
+    for run in runs:
+        # No drain can beat the ideal: every mail needs its WORK_SECONDS.
+        assert run["wall_seconds"] >= run["ideal_seconds"] * 0.95
+
+    scale = results["scale"]
+    assert set(scale["speedup"]) == {"1", "2"}
+    assert scale["speedup"]["1"] == 1.0
+
+    page = (tmp_path / "README.md").read_text()
+    for heading in ("Response time", "Enqueue", "Drain", "Scale out"):
+        assert heading in page
+    for chart in ("response.png", "enqueue.png", "drain.png", "scale.png"):
+        assert (tmp_path / chart).stat().st_size > 1000

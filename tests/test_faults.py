@@ -68,6 +68,7 @@ def settle_then_read(mailbox, expected: int, timeout: float = 60, settle: float 
 # Worker crash ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("pool", ["threads", "prefork"])
 def test_sigkill_mid_batch_loses_no_mail_and_sends_none_twice(
     producer, start_worker, mailbox, monkeypatch, pool: str
@@ -247,6 +248,7 @@ def worker_without_waiting(name: str) -> Background:
     return Background(name, [*argv, "--without-mingle", "--without-gossip"]).start()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(rabbitmq_missing := rabbitnode.available(), reason=str(rabbitmq_missing))
 def test_queued_mail_survives_a_rabbitmq_restart_and_the_worker_reconnects(
     inbox, mailbox, queue_name, monkeypatch, tmp_path: Path

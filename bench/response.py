@@ -71,10 +71,11 @@ def run(
     concurrencies: tuple[int, ...] = (1, 8),
 ) -> dict[str, Any]:
     """p50/p95/p99 per endpoint and concurrency, and the ratios the targets name."""
-    from processes import start_app
+    from processes import start_app, start_inbox
 
     queue = "bench-response"
-    web = start_app(env.settings_env(queue, work_seconds))
+    inbox_server = start_inbox(env.folder / "inbox-response")  # where /send-sync mails go
+    web = start_app({**env.settings_env(queue, work_seconds), **inbox_server.env})
     try:
         load(web.port, "noop", 1, 50)  # warm up: imports, first connection to the broker
         load(web.port, "send", 1, 50)
@@ -97,6 +98,7 @@ def run(
             }
     finally:
         web.stop()
+        inbox_server.stop()
         env.purge(queue)
     return {
         "server": "werkzeug threaded development server (python3 app.py), HTTP/1.1 keep-alive",

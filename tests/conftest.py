@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from settings import Settings
+
 TEST_WORK_SECONDS = "1"
 RUN_ID = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
 VHOST = f"mailasync-test-{RUN_ID}"
@@ -40,10 +42,10 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["MAIL_RETRY_BACKOFF_MAX"] = "1"
     results = Path(config.rootpath) / ".mailasync" / f"test-results-{RUN_ID}"
     os.environ["CELERY_RESULT_BACKEND"] = f"file://{results}"
-    url = os.environ.get("CELERY_BROKER_URL", "")
-    if url.startswith("filesystem://"):
-        return
-    if not url and rabbitmqctl("add_vhost", VHOST):
+    url = os.environ.get("CELERY_BROKER_URL", "") or Settings.CELERY_BROKER_URL
+    # Only the local default RabbitMQ (what `make test` finds) is given a vhost of
+    # this run's own; a broker someone configured on purpose is used as it is.
+    if url == Settings.CELERY_BROKER_URL and rabbitmqctl("add_vhost", VHOST):
         rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
         _created_vhost = True
         os.environ["CELERY_BROKER_URL"] = f"pyamqp://guest:guest@127.0.0.1:5672/{VHOST}"

@@ -26,6 +26,13 @@ SENT_KEY_PREFIX = b"mailasync-sent-"
 class AtomicFilesystemBackend(FilesystemBackend):
     """Celery's file:// result backend, with writes that readers see whole or not at all."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Whole files renamed into place: safe to share across threads and greenlets.
+        # Celery otherwise makes one backend per thread (per greenlet under gevent:
+        # one per task), each writing and deleting a test file in the folder.
+        self.thread_safe = True
+
     def set(self, key: bytes, value: Any) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.path, prefix=b".tmp-")
         with os.fdopen(fd, "wb") as out:

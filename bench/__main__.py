@@ -24,13 +24,25 @@ TASK_QUEUE = "bench-tasks"
 # Sizes per mode: the full run is what bench/results shows.
 SIZES: dict[str, dict[str, Any]] = {
     "full": {
-        "response": {"requests": 2000, "sync_requests": 3, "work_seconds": 5.0, "rounds": 5},
+        "response": {
+            "requests": 2000,
+            "round_seconds": 2.0,
+            "sync_requests": 3,
+            "work_seconds": 5.0,
+            "rounds": 5,
+        },
         "enqueue": {"n": 1000, "rounds": 9},
         "drain": {"n": 1000, "work_seconds": 5.0, "io_concurrency": 500},
         "scale": {"n": 800, "work_seconds": 1.0, "concurrency": 50, "repeats": 2},
     },
     "quick": {
-        "response": {"requests": 500, "sync_requests": 1, "work_seconds": 5.0, "rounds": 3},
+        "response": {
+            "requests": 500,
+            "round_seconds": 1.0,
+            "sync_requests": 1,
+            "work_seconds": 5.0,
+            "rounds": 3,
+        },
         "enqueue": {"n": 1000, "rounds": 3},
         "drain": {"n": 500, "work_seconds": 2.0, "io_concurrency": 250},
         "scale": {"n": 300, "work_seconds": 1.0, "concurrency": 50, "repeats": 1},
@@ -38,6 +50,7 @@ SIZES: dict[str, dict[str, Any]] = {
     "smoke": {
         "response": {
             "requests": 40,
+            "round_seconds": 1.0,
             "sync_requests": 1,
             "work_seconds": 0.2,
             "rounds": 2,

@@ -14,7 +14,17 @@ from pathlib import Path
 from typing import Any
 
 BROKER_HOST = "127.0.0.1:5672"
-PACKAGES = ("celery", "kombu", "amqp", "flask", "werkzeug", "yagmail", "aiosmtpd", "gevent")
+PACKAGES = (
+    "celery",
+    "kombu",
+    "amqp",
+    "flask",
+    "werkzeug",
+    "yagmail",
+    "aiosmtpd",
+    "gevent",
+    "gunicorn",
+)
 
 
 def rabbitmqctl(*args: str) -> str:

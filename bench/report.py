@@ -23,6 +23,11 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
+def servers(response: dict[str, Any]) -> dict[str, str]:
+    """Server name -> description (older results.json files had one server)."""
+    return response.get("servers") or {"werkzeug": response["server"]}
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The results as the Markdown page bench/results/README.md."""
     m = results["machine"]
@@ -45,29 +50,31 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             "## 1. Response time",
             "",
-            f"Server: {r['server']}. Client: {r['load_generator']}. "
-            f"WORK_SECONDS={r['work_seconds']}.",
+            f"Client: {r['load_generator']}. WORK_SECONDS={r['work_seconds']}. Servers, "
+            "each running all three endpoints: "
+            + "; ".join(f"{name}: {text}" for name, text in servers(r).items())
+            + ".",
             "",
-            "| clients | endpoint | requests | p50 ms | p95 ms | p99 ms |",
-            "|---:|---|---:|---:|---:|---:|",
+            "| server | clients | endpoint | requests | p50 ms | p95 ms | p99 ms |",
+            "|---|---:|---|---:|---:|---:|---:|",
         ]
         for fig in r["results"].values():
             for name, s in fig["endpoints"].items():
                 lines.append(
-                    f"| {fig['clients']} | {name} | {s['n']} | {ms(s['p50'])} | "
-                    f"{ms(s['p95'])} | {ms(s['p99'])} |"
+                    f"| {fig.get('server', 'werkzeug')} | {fig['clients']} | {name} | {s['n']} | "
+                    f"{ms(s['p50'])} | {ms(s['p95'])} | {ms(s['p99'])} |"
                 )
         lines += [
             "",
-            "| clients | /send p50 / /noop p50 (target ≤ 1.3) | "
+            "| server | clients | /send p50 / /noop p50 (target ≤ 1.3) | "
             "/send-sync p50 / /send p50 (target ≥ 1000) |",
-            "|---:|---|---|",
+            "|---|---:|---|---|",
         ]
         for fig in r["results"].values():
             a, b = fig["send_over_noop_p50"], fig["sync_over_send_p50"]
             lines.append(
-                f"| {fig['clients']} | {a:.2f} ({verdict(a <= 1.3)}) | "
-                f"{b:.0f} ({verdict(b >= 1000)}) |"
+                f"| {fig.get('server', 'werkzeug')} | {fig['clients']} | "
+                f"{a:.2f} ({verdict(a <= 1.3)}) | {b:.0f} ({verdict(b >= 1000)}) |"
             )
         lines.append("")
     if "enqueue" in results:
@@ -153,7 +160,7 @@ def charts(results: dict[str, Any], out: Path) -> list[Path]:
             ax.set_xticks([x + 0.25 for x in range(len(names))], names)
             ax.set_yscale("log")
             ax.set_ylabel("ms (log scale)")
-            ax.set_title(f"{r['clients']} client(s)")
+            ax.set_title(f"{r.get('server', 'werkzeug')}, {r['clients']} client(s)")
             ax.legend()
         fig.suptitle("Response time")
         written.append(save(fig, out / "response.png"))

@@ -85,3 +85,14 @@ def test_a_wrong_password_is_permanent_and_not_shown(tmp_path: Path, port: int) 
     finally:
         controller.stop()
     assert Inbox(tmp_path / "mail").count() == 1
+
+
+def test_markup_in_the_body_is_escaped_in_the_html_part(server, port: int, tmp_path: Path) -> None:
+    body = 'Hi <script>alert("x")</script> & <a href="https://evil.example">click</a>\nBye'
+    mailer_for(port).send(Mail("learner@example.com", "Markup", body), message_id="<m@test>")
+    [received] = Inbox(tmp_path / "mail").wait_for(1, timeout=10)
+    assert received.body == body.strip()  # the text part is the body as sent
+    html_part = received.message.get_body(preferencelist=("html",))
+    html_text = html_part.get_content()
+    assert "<script>" not in html_text and "<a href" not in html_text
+    assert "&lt;script&gt;" in html_text and "&amp;" in html_text and "<br>" in html_text

@@ -77,9 +77,11 @@ class SentLedger:
 
 def task_status(result: AsyncResult) -> dict[str, Any]:
     """What GET /tasks/<id> answers: state, and progress, result or error where they apply."""
-    state = result.state
+    # One read of the stored meta: AsyncResult.state and .info would each read it
+    # (for unfinished tasks), and a worker writing between the two could mix them.
+    meta = result.backend.get_task_meta(result.id)
+    state, info = meta["status"], meta["result"]
     status: dict[str, Any] = {"task_id": result.id, "state": state}
-    info = result.info
     if state == "PENDING":
         status["detail"] = (
             "PENDING means unknown: the task is queued and no worker has started it, "

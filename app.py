@@ -45,10 +45,14 @@ class BadRequest(Exception):
 
 
 def refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    duplicated = sorted({key for key in keys if keys.count(key) > 1})
+    seen: set[str] = set()
+    duplicated: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            duplicated.add(key)
+        seen.add(key)
     if duplicated:
-        raise BadRequest(f"duplicate key(s) in the JSON object: {', '.join(duplicated)}")
+        raise BadRequest(f"duplicate key(s) in the JSON object: {', '.join(sorted(duplicated))}")
     return dict(pairs)
 
 

@@ -43,7 +43,6 @@ settings = load_settings()
 app = Celery("mailasync")
 app.conf.update(
     broker_url=settings.CELERY_BROKER_URL,
-    result_backend=backend_url(settings.CELERY_RESULT_BACKEND),
     # JSON only, both ways: never unpickle what arrives from the network.
     task_serializer="json",
     result_serializer="json",
@@ -78,9 +77,9 @@ app.conf.update(
     worker_send_task_events=True,
     task_send_sent_event=False,
 )
-# Celery reads a CELERY_RESULT_BACKEND environment variable in place of
-# result_backend, and the kit's setting has that name: without this, a
-# file:// URL from the environment got Celery's non-atomic file backend.
+# The result backend is set here, not as result_backend: Celery reads a
+# CELERY_RESULT_BACKEND environment variable in place of that setting, so a
+# file:// URL from the environment would get Celery's non-atomic file backend.
 app.backend_cls = backend_url(settings.CELERY_RESULT_BACKEND)
 if is_embedded(settings.CELERY_BROKER_URL):
     app.conf.broker_transport_options = embedded_transport_options()

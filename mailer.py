@@ -137,15 +137,15 @@ class Mailer:
         return client
 
     @contextmanager
-    def connection(self) -> Iterator[tuple[yagmail.SMTP, bool]]:
-        """Lend an open client and whether it was reused; a failed one is dropped."""
+    def connection(self) -> Iterator[yagmail.SMTP]:
+        """Lend an open client, idle or new; one that fails is closed, not returned."""
         with self._slots:
             try:
-                client, reused = self._idle.get_nowait(), True
+                client = self._idle.get_nowait()
             except queue.Empty:
-                client, reused = self.connect(), False
+                client = self.connect()
             try:
-                yield client, reused
+                yield client
             except BaseException:
                 client.close()
                 raise
@@ -163,7 +163,7 @@ class Mailer:
             raise classify(error) from error
 
     def _send_once(self, mail: Mail, message_id: str) -> None:
-        with self.connection() as (client, _reused):
+        with self.connection() as client:
             recipients, message = build_message(client, mail, message_id)
             client.smtp.sendmail(client.user, recipients, message)
 

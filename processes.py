@@ -67,12 +67,20 @@ class Background:
         argv: list[str],
         env: Mapping[str, str] | None = None,
         log_path: Path | None = None,
+        port: int | None = None,
     ) -> None:
         self.name = name
         self.argv = argv
         self.env = dict(env or {})
+        self.port = port  # the TCP port it serves on 127.0.0.1, if it serves one
         self.log_path = log_path or LOG_DIR / f"{name}-{os.getpid()}-{time.time_ns()}.log"
         self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """http://127.0.0.1:<port> of a process that serves HTTP."""
+        assert self.port is not None, f"{self.name} serves no port"
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -114,7 +122,10 @@ class Background:
                 )
             time.sleep(0.05)
 
-    def wait_for_port(self, port: int, timeout: float = 30.0) -> None:
+    def wait_for_port(self, port: int | None = None, timeout: float = 30.0) -> None:
+        """Wait until `port` (by default its own) accepts connections."""
+        port = port or self.port
+        assert port is not None, f"{self.name}: which port?"
         deadline = time.monotonic() + timeout
         while not port_answers(port):
             if not self.running():
@@ -170,10 +181,9 @@ def start_inbox(
     ]
     if password is not None:
         argv += ["--password", password]
-    inbox = Background("inbox", argv)
+    inbox = Background("inbox", argv, port=port)
     inbox.env = {"MAIL_HOST": "127.0.0.1", "MAIL_PORT": str(port), "MAIL_SECURITY": "none"}
-    inbox.port = port  # type: ignore[attr-defined]
-    inbox.start().wait_for_port(port)
+    inbox.start().wait_for_port()
     return inbox
 
 
@@ -211,11 +221,25 @@ def start_worker(
 def start_app(env: Mapping[str, str] | None = None, port: int | None = None) -> Background:
     """Start app.py (Flask, 127.0.0.1, debug off) on a free port; `url` is its address."""
     port = port or free_port()
-    web = Background("app", [sys.executable, "app.py"], {**(env or {}), "FLASK_PORT": str(port)})
-    web.port = port  # type: ignore[attr-defined]
-    web.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
-    web.start().wait_for_port(port)
+    env = {**(env or {}), "FLASK_PORT": str(port)}
+    web = Background("app", [sys.executable, "app.py"], env, port=port)
+    web.start().wait_for_port()
     return web
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local IPv4 addresses (IPv6 as ipv6:<hex>) listening on TCP `port`, from /proc."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, port_hex = local.split(":")
+            if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
+                if len(address) == 8:  # IPv4, little-endian hex
+                    found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
+                else:
+                    found.add(f"ipv6:{address}")
+    return found
 
 
 def stop_all() -> None:

@@ -142,9 +142,8 @@ def start_server(server: str, env: dict[str, str]) -> Any:
         f"--bind=127.0.0.1:{port}",
         "app:app",
     ]
-    web = Background("gunicorn", argv, env)
-    web.port = port  # type: ignore[attr-defined]
-    web.start().wait_for_port(port)
+    web = Background("gunicorn", argv, env, port=port)
+    web.start().wait_for_port()
     return web
 
 

@@ -117,10 +117,9 @@ def jupyterlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Background]
         "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "lab-workspaces"),
         "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "lab-settings"),
     }
-    server = Background("jupyterlab", argv, env)
-    server.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    server = Background("jupyterlab", argv, env, port=port)
     server.token = token  # type: ignore[attr-defined]
-    server.start().wait_for_port(port, timeout=90)
+    server.start().wait_for_port(timeout=90)
     yield server
     try:  # shut the kernels down through Jupyter, then stop its process group
         requests.post(
@@ -171,7 +170,7 @@ def run_in_chromium(jupyterlab: Background, name: str, profile: Path, screenshot
             token = jupyterlab.token  # type: ignore[attr-defined]
             # A workspace of its own, reset: only this notebook opens, no tab restored.
             workspace = Path(name).stem
-            address = f"{jupyterlab.url}/lab/workspaces/{workspace}/tree/{name}"  # type: ignore[attr-defined]
+            address = f"{jupyterlab.url}/lab/workspaces/{workspace}/tree/{name}"
             page.goto(f"{address}?reset&token={token}", timeout=60_000)
             page.wait_for_selector(".jp-Notebook .jp-CodeCell", timeout=60_000)
             page.wait_for_function(KERNEL_IDLE, timeout=60_000)

@@ -11,19 +11,17 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
 
-from processes import Background, free_port
+from processes import Background, free_port, listening_addresses
 
 needs_rabbitmq = pytest.mark.skipif(
     os.environ.get("CELERY_BROKER_URL", "").startswith("filesystem://"),
     reason="Flower's live view needs RabbitMQ (the embedded broker is in use)",
 )
 pytestmark = [pytest.mark.integration, needs_rabbitmq]
-TCP_LISTEN = "0A"
 
 
 def flower_argv(port: int) -> list[str]:
@@ -40,21 +38,6 @@ def flower_argv(port: int) -> list[str]:
     ]
 
 
-def listening_addresses(port: int) -> set[str]:
-    """Local addresses of the sockets listening on `port`, from /proc/net/tcp and tcp6."""
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            address, port_hex = local.split(":")
-            if state == TCP_LISTEN and int(port_hex, 16) == port:
-                if len(address) == 8:  # IPv4, little-endian hex
-                    found.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]))
-                else:
-                    found.add(f"ipv6:{address}")
-    return found
-
-
 def outside_address() -> str | None:
     """This machine's address on its main interface, if it has one besides loopback."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
@@ -69,10 +52,8 @@ def outside_address() -> str | None:
 @pytest.fixture
 def flower(inbox) -> Iterator[Background]:
     port = free_port()
-    server = Background("flower", flower_argv(port))
-    server.port = port  # type: ignore[attr-defined]
-    server.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
-    server.start().wait_for_port(port, timeout=60)
+    server = Background("flower", flower_argv(port), port=port)
+    server.start().wait_for_port(timeout=60)
     yield server
     server.stop()
 

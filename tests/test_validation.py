@@ -1,8 +1,17 @@
 """validate_mail: what a mail request must look like, and the error for each mistake."""
 
+import unicodedata
+
 import pytest
 
-from validation import InvalidMail, Mail, validate_mail
+from validation import (
+    CONTROL_IN_BODY,
+    LINE_BREAK_OR_CONTROL,
+    LONE_SURROGATE,
+    InvalidMail,
+    Mail,
+    validate_mail,
+)
 
 GOOD = {"to": "learner@example.com", "subject": "Your report", "body": "It is ready.\nBye"}
 
@@ -39,6 +48,10 @@ def test_the_address_is_normalized() -> None:
         ({**GOOD, "body": "x" * 10_001}, "limit is 10000"),
         ({**GOOD, "body": "nul\x00byte"}, "NUL"),
         ({**GOOD, "body": "bell\x07"}, "control characters"),
+        ({**GOOD, "body": "next line\x85"}, "control characters"),
+        ({**GOOD, "body": "para\u2029graph"}, "control characters"),
+        ({**GOOD, "subject": "tab\there"}, "single line"),
+        ({**GOOD, "body": "x" * 9_000 + "\ud800"}, "lone surrogates"),
         ({**GOOD, "subject": "\ud800"}, "lone surrogates"),
         ({**GOOD, "to": "x" * 250 + "@example.com"}, "longer than 254"),
     ],
@@ -52,3 +65,19 @@ def test_limits_are_settable() -> None:
     with pytest.raises(InvalidMail, match="limit is 3"):
         validate_mail({**GOOD, "subject": "four"}, max_subject=3)
     assert validate_mail({**GOOD, "body": "x" * 20}, max_body=20).body == "x" * 20
+
+
+def test_body_keeps_tabs_and_line_breaks() -> None:
+    body = "Dear learner,\r\n\tyour report is ready.\nBye"
+    assert validate_mail({**GOOD, "body": body}).body == body
+
+
+def test_the_character_classes_are_exactly_unicodes_categories() -> None:
+    """The regexes stand for category lookups per character; check every code point."""
+    for code in range(0x110000):
+        char = chr(code)
+        category = unicodedata.category(char)
+        breaks = category in {"Cc", "Zl", "Zp"}
+        assert bool(LONE_SURROGATE.match(char)) == (category == "Cs"), hex(code)
+        assert bool(LINE_BREAK_OR_CONTROL.match(char)) == breaks, hex(code)
+        assert bool(CONTROL_IN_BODY.match(char)) == (breaks and char not in "\t\r\n"), hex(code)

@@ -145,9 +145,9 @@ def health() -> tuple[Response, int]:
     return jsonify(body), 200 if problem is None else 503
 
 
-@app.get("/noop")
+@app.route("/noop", methods=["GET", "POST"])
 def noop() -> tuple[Response, int]:
-    """Does nothing: the framework's own cost, for the benchmarks."""
+    """Does nothing: the framework's own cost, for the benchmarks (POST takes /send's body)."""
     return jsonify(status="ok"), 200
 
 

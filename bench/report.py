@@ -35,8 +35,8 @@ def markdown(results: dict[str, Any]) -> str:
         "# Benchmark results",
         "",
         "Written by `make bench` (`python -m bench`); see bench/README.md for what each "
-        "figure means. Figures are ratios taken side by side in one run: absolute times on a "
-        "shared machine vary.",
+        "figure means and what the benchmark found. Figures are ratios taken side by side in "
+        "one run: absolute times on a shared machine vary.",
         "",
         f"Machine: {m['nproc']} cores ({m['cpu']}), Python {m['python']}, "
         f"RabbitMQ {m['rabbitmq']}, load average at start "
@@ -51,7 +51,7 @@ def markdown(results: dict[str, Any]) -> str:
             "## 1. Response time",
             "",
             f"Client: {r['load_generator']}. WORK_SECONDS={r['work_seconds']}. Servers, "
-            "each running all three endpoints: "
+            "each running every endpoint: "
             + "; ".join(f"{name}: {text}" for name, text in servers(r).items())
             + ".",
             "",
@@ -67,16 +67,22 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             "",
             "| server | clients | /send p50 / /noop p50 (target ≤ 1.3) | "
+            "/publish p50 / /noop p50 (the floor) | /send p50 / /publish p50 | "
             "/send-sync p50 / /send p50 (target ≥ 1000) |",
-            "|---|---:|---|---|",
+            "|---|---:|---|---:|---:|---|",
         ]
         for fig in r["results"].values():
             a, b = fig["send_over_noop_p50"], fig["sync_over_send_p50"]
+            floor = f"{fig['publish_over_noop_p50']:.2f}" if "publish_over_noop_p50" in fig else "-"
+            above = f"{fig['send_over_publish_p50']:.2f}" if "send_over_publish_p50" in fig else "-"
             lines.append(
                 f"| {fig.get('server', 'werkzeug')} | {fig['clients']} | "
-                f"{a:.2f} ({verdict(a <= 1.3)}) | {b:.0f} ({verdict(b >= 1000)}) |"
+                f"{a:.2f} ({verdict(a <= 1.3)}) | {floor} | {above} | "
+                f"{b:.0f} ({verdict(b >= 1000)}) |"
             )
         lines.append("")
+        if "in_process" in r:
+            lines += in_process_table(r["in_process"])
     if "enqueue" in results:
         e = results["enqueue"]
         lines += [
@@ -136,9 +142,43 @@ def markdown(results: dict[str, Any]) -> str:
             )
         lines.append("")
     lines += [f"Recommended worker for I/O-bound sends: `{RECOMMENDED}`.", ""]
-    if results.get("notes"):
-        lines += ["## Notes", "", *results["notes"], ""]
     return "\n".join(lines)
+
+
+def in_process_table(figures: dict[str, Any]) -> list[str]:
+    """The pieces of /send, timed in one process without HTTP."""
+    us = figures["microseconds"]
+    noop, send = us["/noop (WSGI)"], us["/send (WSGI)"]
+    parse, delay, bare = (
+        us["parse and check the JSON"],
+        us["sendMail.delay()"],
+        us["bare publish (py-amqp)"],
+    )
+    beyond = send - noop
+    rows = [
+        ("/noop, called as WSGI", noop, ""),
+        ("/send, called as WSGI", send, ""),
+        ("/send beyond /noop", beyond, "100%"),
+        ("of which: parse and check the JSON", parse, f"{parse / beyond:.0%}"),
+        ("of which: sendMail.delay()", delay, f"{delay / beyond:.0%}"),
+        (
+            "of which: the rest (request, answer, delay() slower amid them)",
+            beyond - parse - delay,
+            "",
+        ),
+        ("a bare publish (py-amqp), for comparison", bare, ""),
+    ]
+    return [
+        "In one process, without HTTP (medians of "
+        f"{figures['rounds']} alternating rounds of {figures['calls_per_round']} calls):",
+        "",
+        "| step | µs per call | share of /send beyond /noop |",
+        "|---|---:|---:|",
+        *(f"| {name} | {value:.1f} | {share} |" for name, value, share in rows),
+        "",
+        f"`sendMail.delay()` costs {delay / bare:.1f} times a bare publish.",
+        "",
+    ]
 
 
 def charts(results: dict[str, Any], out: Path) -> list[Path]:

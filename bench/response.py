@@ -1,14 +1,22 @@
-"""1. Response time of POST /send, POST /send-sync and GET /noop, all three on one server.
+"""1. Response time of POST /noop, POST /publish, POST /send and POST /send-sync on one server.
+
+Every endpoint gets the same request (a mail as JSON), so the differences are
+the handlers' work: /noop does nothing (the framework's cost), /publish one
+bare AMQP publish (bench/floorapp.py: the floor under /send), /send the kit's
+parse, check and `sendMail.delay()`, /send-sync the work and the mail inline.
 
 Two servers, each measured on its own: the one learners run, `python3 app.py`
-(werkzeug's threaded development server), and gunicorn with gthread workers,
-the kind of server the app runs under in production. The load generator is wrk
-(Debian's package) when it is installed: a C client that takes little of the
-cores it shares with the server and RabbitMQ. Without wrk, a Python one
-(threads, http.client). Either way every client keeps one connection open and
-sends requests back to back. /noop and /send are measured in alternating
-rounds so that both see the same machine load; /send-sync takes WORK_SECONDS
-per request, so it gets few.
+(werkzeug's threaded development server, which closes the connection after
+every response and starts a thread per connection), and gunicorn with gthread
+workers (keep-alive), the kind of server the app runs under in production. The
+load generator is wrk (Debian's package) when it is installed: a C client that
+takes little of the cores it shares with the server and RabbitMQ. Without wrk,
+a Python one (threads, http.client). Each client sends requests back to back.
+/noop, /publish and /send are measured in alternating rounds so that they see
+the same machine load; /send-sync takes WORK_SECONDS per request, so it gets few.
+
+`in_process` takes the same steps apart in one process, without HTTP: the
+Flask app called as WSGI, and each piece of /send on its own.
 """
 
 from __future__ import annotations
@@ -31,16 +39,21 @@ from bench.stats import summary
 
 MAIL = json.dumps({"to": "bench@example.com", "subject": "Benchmark", "body": "Hello"})
 ENDPOINTS = {
-    "noop": ("GET", "/noop", None),
+    "noop": ("POST", "/noop", MAIL),
+    "publish": ("POST", "/publish", MAIL),
     "send": ("POST", "/send", MAIL),
     "send-sync": ("POST", "/send-sync", MAIL),
 }
+FLOOR_QUEUE = "bench-floor"  # bench/floorapp.py's default, so this process publishes there too
 GUNICORN_THREADS = 8
 SERVERS = {
-    "werkzeug": "werkzeug threaded development server (python3 app.py)",
+    "werkzeug": (
+        "werkzeug threaded development server, as python3 app.py runs it "
+        "(python -m bench.floorapp; a new connection and thread for every request)"
+    ),
     "gunicorn": (
         f"gunicorn {{workers}} gthread workers x {GUNICORN_THREADS} threads "
-        f"(gunicorn -k gthread -w {{workers}} --threads {GUNICORN_THREADS} app:app)"
+        f"(gunicorn -k gthread -w {{workers}} --threads {GUNICORN_THREADS} bench.floorapp:app)"
     ),
 }
 # wrk reports its latency histogram's percentiles in microseconds from done().
@@ -63,7 +76,7 @@ def client_loop(
 ) -> None:
     """Send `count` requests on one kept-alive connection, recording each latency."""
     method, path, body = ENDPOINTS[endpoint]
-    headers = {"Content-Type": "application/json"} if body else {}
+    headers = {"Content-Type": "application/json"}
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     start.wait()
     for _ in range(count):
@@ -97,7 +110,7 @@ def load(port: int, endpoint: str, clients: int, per_client: int) -> list[float]
 def wrk(port: int, endpoint: str, clients: int, seconds: float) -> dict[str, float]:
     """Count, p50, p95, p99 (seconds) of `clients` wrk connections for `seconds`."""
     method, path, body = ENDPOINTS[endpoint]
-    script = WRK_SCRIPT.format(method=method, body=json.dumps(body) if body else "nil")
+    script = WRK_SCRIPT.format(method=method, body=json.dumps(body))
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as lua:
         lua.write(script)
     try:
@@ -126,23 +139,27 @@ def merge(rounds: list[dict[str, float]]) -> dict[str, float]:
 
 
 def start_server(server: str, env: dict[str, str]) -> Any:
-    """Start the Flask app under `server`; returns a processes.Background with `.port`."""
-    from processes import Background, free_port, start_app
+    """Start the Flask app (with bench/floorapp.py's /publish) under `server`.
 
-    if server == "werkzeug":
-        return start_app(env)
+    Returns a processes.Background with `.port`.
+    """
+    from processes import Background, free_port
+
     port = free_port()
-    argv = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--worker-class=gthread",
-        f"--workers={os.cpu_count() or 1}",
-        f"--threads={GUNICORN_THREADS}",
-        f"--bind=127.0.0.1:{port}",
-        "app:app",
-    ]
-    web = Background("gunicorn", argv, env, port=port)
+    if server == "werkzeug":
+        argv = [sys.executable, "-m", "bench.floorapp"]  # app.run(), as python3 app.py
+    else:
+        argv = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--worker-class=gthread",
+            f"--workers={os.cpu_count() or 1}",
+            f"--threads={GUNICORN_THREADS}",
+            f"--bind=127.0.0.1:{port}",
+            "bench.floorapp:app",
+        ]
+    web = Background(server, argv, {**env, "FLASK_PORT": str(port)}, port=port)
     web.start().wait_for_port()
     return web
 
@@ -164,11 +181,11 @@ def measure_server(
     web = start_server(server, app_env)
     figures: dict[str, Any] = {}
     try:
-        load(web.port, "noop", 1, 50)  # warm up: imports, first connection to the broker
-        load(web.port, "send", 1, 50)
+        for endpoint in ("noop", "publish", "send"):  # warm up: imports, broker connections
+            load(web.port, endpoint, 1, 50)
         for clients in concurrencies:
             per_round = max(1, requests // rounds // clients)
-            samples: dict[str, list[Any]] = {"noop": [], "send": []}
+            samples: dict[str, list[Any]] = {"noop": [], "publish": [], "send": []}
             for _ in range(rounds):
                 for endpoint in samples:
                     if use_wrk:
@@ -176,6 +193,7 @@ def measure_server(
                     else:
                         samples[endpoint] += load(web.port, endpoint, clients, per_round)
                 env.purge(queue)
+                env.purge(FLOOR_QUEUE)
             per_client = max(1, sync_requests // clients)
             if use_wrk:
                 # wrk runs for a time: long enough for every connection to finish per_client.
@@ -185,16 +203,20 @@ def measure_server(
             merged = merge if use_wrk else summary
             stats = {name: merged(values) for name, values in samples.items()}
             stats["send-sync"] = sync
+            p50 = {name: s["p50"] for name, s in stats.items()}
             figures[f"{server}-c{clients}"] = {
                 "server": server,
                 "clients": clients,
                 "endpoints": stats,
-                "send_over_noop_p50": stats["send"]["p50"] / stats["noop"]["p50"],
+                "send_over_noop_p50": p50["send"] / p50["noop"],
+                "publish_over_noop_p50": p50["publish"] / p50["noop"],
+                "send_over_publish_p50": p50["send"] / p50["publish"],
                 "sync_over_send_p50": stats["send-sync"]["p50"] / stats["send"]["p50"],
             }
     finally:
         web.stop()
         env.purge(queue)
+        env.purge(FLOOR_QUEUE)
     return figures
 
 
@@ -207,6 +229,7 @@ def run(
     rounds: int = 5,
     concurrencies: tuple[int, ...] = (1, 8),
     servers: tuple[str, ...] = ("werkzeug", "gunicorn"),
+    in_process_calls: int = 2000,
 ) -> dict[str, Any]:
     """p50/p95/p99 per server, endpoint and concurrency, and the ratios the targets name."""
     from processes import start_inbox
@@ -214,7 +237,11 @@ def run(
     use_wrk = shutil.which("wrk") is not None
     queue = "bench-response"
     inbox_server = start_inbox(env.folder / "inbox-response")  # where /send-sync mails go
-    app_env = {**env.settings_env(queue, work_seconds), **inbox_server.env}
+    app_env = {
+        **env.settings_env(queue, work_seconds),
+        **inbox_server.env,
+        "BENCH_FLOOR_QUEUE": FLOOR_QUEUE,
+    }
     figures: dict[str, Any] = {}
     try:
         for server in servers:
@@ -235,12 +262,14 @@ def run(
         inbox_server.stop()
     if use_wrk:
         generator = (
-            f"wrk ({wrk_version()}), one thread, one kept-alive connection per client, "
+            f"wrk ({wrk_version()}), one thread, one connection per client (kept alive where "
+            "the server allows it; werkzeug closes it after every response), "
             f"{rounds} alternating rounds of {round_seconds:g} s per endpoint; "
             "p50/p95/p99 are the medians of the rounds' percentiles"
         )
     else:
-        generator = "Python threads, http.client, one kept-alive connection per client"
+        generator = "Python threads, http.client, one connection per client (kept alive "
+        "where the server allows it; werkzeug closes it after every response)"
     workers = os.cpu_count() or 1
     return {
         "servers": {name: SERVERS[name].format(workers=workers) for name in servers},
@@ -249,6 +278,77 @@ def run(
         "work_seconds": work_seconds,
         "rounds": rounds,
         "results": figures,
+        "in_process": in_process(env, in_process_calls, rounds),
+    }
+
+
+def in_process(env: BenchEnv, calls: int, rounds: int) -> dict[str, Any]:
+    """Microseconds per call of /noop, /send and each piece of /send, in this process.
+
+    No HTTP and no server: the Flask app is called as a WSGI function, and the
+    pieces one at a time, in alternating rounds; each figure is the median of
+    the rounds. What /send spends beyond /noop is its parse and check, one
+    `sendMail.delay()` and its answer; the bare publish is what a publish needs.
+    """
+    import io
+
+    from app import app, refuse_duplicates
+    from bench.floorapp import bare_publish
+    from mailasync import sendMail
+    from validation import validate_mail
+
+    body = MAIL.encode()
+    task_queue = sendMail.app.conf.task_default_queue
+
+    def call_wsgi(path: str) -> None:
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": path,
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "5000",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(body),
+            "wsgi.errors": sys.stderr,
+            "CONTENT_TYPE": "application/json",
+            "CONTENT_LENGTH": str(len(body)),
+            "REMOTE_ADDR": "127.0.0.1",
+        }
+        status: list[str] = []
+        b"".join(app.wsgi_app(environ, lambda code, headers, exc_info=None: status.append(code)))
+        if not status[0].startswith("2"):
+            raise RuntimeError(f"POST {path} answered {status[0]}")
+
+    def parse_and_check() -> None:
+        validate_mail(json.loads(body.decode(), object_pairs_hook=refuse_duplicates))
+
+    steps = {
+        "/noop (WSGI)": lambda: call_wsgi("/noop"),
+        "/send (WSGI)": lambda: call_wsgi("/send"),
+        "parse and check the JSON": parse_and_check,
+        "sendMail.delay()": lambda: sendMail.delay(json.loads(MAIL)),
+        "bare publish (py-amqp)": bare_publish,
+    }
+    micros: dict[str, list[float]] = {name: [] for name in steps}
+    try:
+        for step in steps.values():  # warm up: imports, connections, queue declarations
+            for _ in range(50):
+                step()
+        for _ in range(rounds):
+            for name, step in steps.items():
+                began = time.perf_counter()
+                for _ in range(calls):
+                    step()
+                micros[name].append((time.perf_counter() - began) / calls * 1e6)
+            env.purge(task_queue)
+            env.purge(FLOOR_QUEUE)
+    finally:
+        env.purge(task_queue)
+        env.purge(FLOOR_QUEUE)
+    return {
+        "calls_per_round": calls,
+        "rounds": rounds,
+        "microseconds": {name: statistics.median(values) for name, values in micros.items()},
     }
 
 

@@ -35,15 +35,22 @@ def test_bench_smoke_run_writes_every_figure(tmp_path: Path) -> None:
 
     for fig in results["response"]["results"].values():
         stats = fig["endpoints"]
-        assert set(stats) == {"noop", "send", "send-sync"}
+        assert set(stats) == {"noop", "publish", "send", "send-sync"}
         for s in stats.values():
             assert 0 < s["p50"] <= s["p95"] <= s["p99"]
         # /send-sync does WORK_SECONDS (0.2 s in the smoke run) inside the request.
         assert stats["send-sync"]["p50"] >= 0.2
         assert fig["sync_over_send_p50"] > 1
+        assert fig["publish_over_noop_p50"] > 0
+
+    # In one process, /send does /noop's work and more: at least the parse and the delay().
+    steps = results["response"]["in_process"]["microseconds"]
+    assert steps["/send (WSGI)"] > steps["/noop (WSGI)"]
+    assert steps["/send (WSGI)"] > steps["sendMail.delay()"] > 0
+    assert steps["bare publish (py-amqp)"] > 0
 
     enqueue = results["enqueue"]
-    assert set(enqueue["per_second"]) == {"kit", "sent-event", "confirm"}
+    assert set(enqueue["per_second"]) == {"kit", "sent-event", "confirm", "trimmed"}
     assert enqueue["kit_sends_sent_event"] is False
     assert all(s["median"] > 0 for s in enqueue["per_second"].values())
 

@@ -74,7 +74,7 @@ WRK_LINE = re.compile(r"^MAILASYNC (\d+) (\d+) (\d+) (\d+) (\d+)$", re.MULTILINE
 def client_loop(
     port: int, endpoint: str, count: int, start: threading.Barrier, out: list[float]
 ) -> None:
-    """Send `count` requests on one kept-alive connection, recording each latency."""
+    """Send `count` requests on one connection (reopened if the server closes it), timing each."""
     method, path, body = ENDPOINTS[endpoint]
     headers = {"Content-Type": "application/json"}
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)

@@ -28,6 +28,83 @@ def servers(response: dict[str, Any]) -> dict[str, str]:
     return response.get("servers") or {"werkzeug": response["server"]}
 
 
+def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """One row per figure the benchmark has a target for: (figure, measured, target)."""
+    rows = []
+    if "response" in results:
+        figs = list(results["response"]["results"].values())
+
+        def listed(key: str, digits: int) -> str:
+            return "; ".join(
+                f"{f.get('server', 'werkzeug')}, {f['clients']} client(s): {f[key]:.{digits}f}"
+                for f in figs
+            )
+
+        best = min(f["send_over_noop_p50"] for f in figs)
+        rows.append(
+            (
+                "/send p50 ÷ /noop p50",
+                listed("send_over_noop_p50", 2),
+                f"≤ 1.3: {verdict(best <= 1.3)}",
+            )
+        )
+        if all("publish_over_noop_p50" in f for f in figs):
+            rows.append(
+                (
+                    "one bare publish: /publish p50 ÷ /noop p50",
+                    listed("publish_over_noop_p50", 2),
+                    "the floor",
+                )
+            )
+        names = list(dict.fromkeys(f.get("server", "werkzeug") for f in figs))
+        met = [
+            name
+            for name in names
+            if all(
+                f["sync_over_send_p50"] >= 1000 for f in figs if f.get("server", "werkzeug") == name
+            )
+        ]
+        sync = f"met with {', '.join(met)}" if met else verdict(False)
+        rows.append(
+            ("/send-sync p50 ÷ /send p50", listed("sync_over_send_p50", 0), f"≥ 1000: {sync}")
+        )
+    if "enqueue" in results:
+        kit = results["enqueue"]["per_second"]["kit"]["median"]
+        rows.append(
+            ("sendMail.delay() per second", f"{kit:.0f}", f"≥ 3000: {verdict(kit >= 3000)}")
+        )
+    if "drain" in results:
+        io = [d for d in results["drain"]["runs"] if d["pool"] != "prefork"]
+        if io:
+            measured = "; ".join(
+                f"{d['pool']} at C={d['concurrency']}: {d['over_ideal']:.2f}" for d in io
+            )
+            best = min(d["over_ideal"] for d in io)
+            rows.append(
+                (
+                    "drain ÷ ideal, I/O pools",
+                    measured,
+                    f"≤ 1.3 for the best: {verdict(best <= 1.3)}",
+                )
+            )
+    if "scale" in results:
+        speedup = results["scale"]["speedup"]
+        measured = "; ".join(
+            f"{count} workers: {x:.2f}" for count, x in speedup.items() if count != "1"
+        )
+        rows.append(("scale out: throughput ÷ one worker's", measured, "reported"))
+    return rows
+
+
+def targets_markdown(results: dict[str, Any]) -> str:
+    """The targets as a Markdown table (for the results page and notebook 05)."""
+    lines = ["| figure | measured | target |", "|---|---|---|"]
+    lines += [
+        f"| {figure} | {measured} | {target} |" for figure, measured, target in targets(results)
+    ]
+    return "\n".join(lines)
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The results as the Markdown page bench/results/README.md."""
     m = results["machine"]
@@ -43,6 +120,10 @@ def markdown(results: dict[str, Any]) -> str:
         f"{', '.join(f'{x:.2f}' for x in m['load_average_at_start'])}; "
         + ", ".join(f"{k} {v}" for k, v in m["packages"].items())
         + f". Run: `{results['command']}` at {results['date']}.",
+        "",
+        "## Targets",
+        "",
+        targets_markdown(results),
         "",
     ]
     if "response" in results:

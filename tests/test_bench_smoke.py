@@ -65,7 +65,7 @@ def test_bench_smoke_run_writes_every_figure(tmp_path: Path) -> None:
     assert scale["speedup"]["1"] == 1.0
 
     page = (tmp_path / "README.md").read_text()
-    for heading in ("Response time", "Enqueue", "Drain", "Scale out"):
+    for heading in ("Targets", "Response time", "Enqueue", "Drain", "Scale out"):
         assert heading in page
     for chart in ("response.png", "enqueue.png", "drain.png", "scale.png"):
         assert (tmp_path / chart).stat().st_size > 1000

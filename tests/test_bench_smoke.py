@@ -69,3 +69,45 @@ def test_bench_smoke_run_writes_every_figure(tmp_path: Path) -> None:
         assert heading in page
     for chart in ("response.png", "enqueue.png", "drain.png", "scale.png"):
         assert (tmp_path / chart).stat().st_size > 1000
+
+
+def response_figure(server: str, clients: int, send: float, sync: float) -> dict:
+    return {
+        "server": server,
+        "clients": clients,
+        "send_over_noop_p50": send,
+        "publish_over_noop_p50": 1.2,
+        "sync_over_send_p50": sync,
+    }
+
+
+def test_a_target_is_met_with_a_server_only_at_every_concurrency() -> None:
+    from bench.report import targets, targets_markdown
+
+    figures = [
+        response_figure("werkzeug", 1, send=1.25, sync=5000),
+        response_figure("werkzeug", 8, send=1.40, sync=600),
+        response_figure("gunicorn", 1, send=1.20, sync=9000),
+        response_figure("gunicorn", 8, send=1.29, sync=1800),
+    ]
+    results = {
+        "response": {"results": {str(i): f for i, f in enumerate(figures)}},
+        "enqueue": {"per_second": {"kit": {"median": 2999.0}}},
+        "drain": {
+            "runs": [
+                {"pool": "prefork", "concurrency": 2, "over_ideal": 1.0},
+                {"pool": "threads", "concurrency": 500, "over_ideal": 1.4},
+                {"pool": "gevent", "concurrency": 500, "over_ideal": 1.3},
+            ]
+        },
+    }
+    verdicts = {figure: target for figure, _, target in targets(results)}
+    assert verdicts["/send p50 ÷ /noop p50"] == "≤ 1.3: met with gunicorn"
+    assert verdicts["/send-sync p50 ÷ /send p50"] == "≥ 1000: met with gunicorn"
+    assert verdicts["sendMail.delay() per second"] == "≥ 3000: **not met**"
+    assert verdicts["drain ÷ ideal, I/O pools"] == "≤ 1.3 for the best: met"
+    assert "werkzeug, 8 client(s): 1.40" in targets_markdown(results)
+
+    figures[2]["send_over_noop_p50"] = 1.31
+    verdicts = {figure: target for figure, _, target in targets(results)}
+    assert verdicts["/send p50 ÷ /noop p50"] == "≤ 1.3: **not met**"

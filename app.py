@@ -60,14 +60,19 @@ def refuse_constant(name: str) -> None:
     raise BadRequest(f"{name} is not valid JSON")
 
 
-def read_json_body() -> Any:
-    """Parse the request body strictly: JSON content type, UTF-8, no duplicate keys."""
+def read_body() -> bytes:
+    """The request body, once its content type and size are checked."""
     if request.mimetype != "application/json":
         raise BadRequest("send the body as JSON with Content-Type: application/json", 415)
     raw = request.get_data(cache=False)
     if request.content_length is None and len(raw) >= MAX_REQUEST_BYTES:
         # A chunked body is cut at the limit without an error: never parse the cut part.
         raise BadRequest(f"the body is larger than {MAX_REQUEST_BYTES} bytes", 413)
+    return raw
+
+
+def parse_json(raw: bytes) -> Any:
+    """Parse a body strictly: UTF-8, no duplicate keys, no NaN or Infinity."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -80,12 +85,10 @@ def read_json_body() -> Any:
         raise BadRequest(f"the body is not valid JSON: {error}") from None
 
 
-def checked_mail_data() -> dict[str, str]:
-    """The request's mail as plain task data, or BadRequest saying what to fix."""
+def mail_from_json(raw: bytes) -> dict[str, str]:
+    """A JSON body's mail as plain task data, or BadRequest saying what to fix."""
     try:
-        mail = validate_mail(
-            read_json_body(), settings.MAX_SUBJECT_LENGTH, settings.MAX_BODY_LENGTH
-        )
+        mail = validate_mail(parse_json(raw), settings.MAX_SUBJECT_LENGTH, settings.MAX_BODY_LENGTH)
     except InvalidMail as error:
         raise BadRequest(str(error)) from None
     return mail.as_task_data()
@@ -104,7 +107,7 @@ def broker_unavailable(error: Exception) -> tuple[Response, int]:
 @app.post("/send")
 def send() -> tuple[Response, int]:
     """Queue the mail and answer 202 at once."""
-    data = checked_mail_data()
+    data = mail_from_json(read_body())
     try:
         result = sendMail.delay(data)
     except OperationalError as error:
@@ -117,7 +120,7 @@ def send() -> tuple[Response, int]:
 @app.post("/send-sync")
 def send_sync() -> tuple[Response, int]:
     """Do the work and the send inside the request: the slow path."""
-    data = checked_mail_data()
+    data = mail_from_json(read_body())
     try:
         sent = send_now(data)
     except TransientMailError as error:

@@ -9,7 +9,7 @@ server in the same run, is the lowest that /send over /noop can be here.
     $ python -m bench.floorapp              # werkzeug, as `python3 app.py` runs it
     $ gunicorn bench.floorapp:app           # gunicorn
 
-The queue is BENCH_FLOOR_QUEUE (default "bench-floor") on the kit's broker.
+The queue is FLOOR_QUEUE on the kit's broker (CELERY_BROKER_URL).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from kombu import Connection
 from app import app
 from mailasync import settings
 
-FLOOR_QUEUE = os.environ.get("BENCH_FLOOR_QUEUE", "bench-floor")
+FLOOR_QUEUE = "bench-floor"
 # The body Celery's protocol 2 sends for one mail: (args, kwargs, embed).
 BODY = json.dumps(
     [

@@ -24,11 +24,6 @@ def verdict(ok: bool) -> str:
     return "met" if ok else "**not met**"
 
 
-def servers(response: dict[str, Any]) -> dict[str, str]:
-    """Server name -> description (older results.json files had one server)."""
-    return response.get("servers") or {"werkzeug": response["server"]}
-
-
 def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     """One row per figure the benchmark has a target for: (figure, measured, target)."""
     rows = []
@@ -37,18 +32,13 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
 
         def listed(key: str, digits: int) -> str:
             return "; ".join(
-                f"{f.get('server', 'werkzeug')}, {f['clients']} client(s): {f[key]:.{digits}f}"
-                for f in figs
+                f"{f['server']}, {f['clients']} client(s): {f[key]:.{digits}f}" for f in figs
             )
 
         def met_with(key: str, ok: Callable[[float], bool]) -> str:
             """'met with <servers>' for the servers that meet it at every concurrency."""
-            names = dict.fromkeys(f.get("server", "werkzeug") for f in figs)
-            met = [
-                name
-                for name in names
-                if all(ok(f[key]) for f in figs if f.get("server", "werkzeug") == name)
-            ]
+            names = dict.fromkeys(f["server"] for f in figs)
+            met = [name for name in names if all(ok(f[key]) for f in figs if f["server"] == name)]
             return f"met with {', '.join(met)}" if met else verdict(False)
 
         send_target = TARGETS["send_over_noop_p50"]
@@ -60,14 +50,13 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
                 f"≤ {send_target:g}: {met_with('send_over_noop_p50', lambda x: x <= send_target)}",
             )
         )
-        if all("publish_over_noop_p50" in f for f in figs):
-            rows.append(
-                (
-                    "one bare publish: /publish p50 ÷ /noop p50",
-                    listed("publish_over_noop_p50", 2),
-                    "the floor",
-                )
+        rows.append(
+            (
+                "one bare publish: /publish p50 ÷ /noop p50",
+                listed("publish_over_noop_p50", 2),
+                "the floor",
             )
+        )
         rows.append(
             (
                 "/send-sync p50 ÷ /send p50",
@@ -141,7 +130,7 @@ def markdown(results: dict[str, Any]) -> str:
             "",
             f"Client: {r['load_generator']}. WORK_SECONDS={r['work_seconds']}. Servers, "
             "each running every endpoint: "
-            + "; ".join(f"{name}: {text}" for name, text in servers(r).items())
+            + "; ".join(f"{name}: {text}" for name, text in r["servers"].items())
             + ".",
             "",
             "| server | clients | endpoint | requests | p50 ms | p95 ms | p99 ms |",
@@ -150,7 +139,7 @@ def markdown(results: dict[str, Any]) -> str:
         for fig in r["results"].values():
             for name, s in fig["endpoints"].items():
                 lines.append(
-                    f"| {fig.get('server', 'werkzeug')} | {fig['clients']} | {name} | {s['n']} | "
+                    f"| {fig['server']} | {fig['clients']} | {name} | {s['n']} | "
                     f"{ms(s['p50'])} | {ms(s['p95'])} | {ms(s['p99'])} |"
                 )
         lines += [
@@ -162,16 +151,14 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         for fig in r["results"].values():
             a, b = fig["send_over_noop_p50"], fig["sync_over_send_p50"]
-            floor = f"{fig['publish_over_noop_p50']:.2f}" if "publish_over_noop_p50" in fig else "-"
-            above = f"{fig['send_over_publish_p50']:.2f}" if "send_over_publish_p50" in fig else "-"
             lines.append(
-                f"| {fig.get('server', 'werkzeug')} | {fig['clients']} | "
-                f"{a:.2f} ({verdict(a <= TARGETS['send_over_noop_p50'])}) | {floor} | {above} | "
+                f"| {fig['server']} | {fig['clients']} | "
+                f"{a:.2f} ({verdict(a <= TARGETS['send_over_noop_p50'])}) | "
+                f"{fig['publish_over_noop_p50']:.2f} | {fig['send_over_publish_p50']:.2f} | "
                 f"{b:.0f} ({verdict(b >= TARGETS['sync_over_send_p50'])}) |"
             )
         lines.append("")
-        if "in_process" in r:
-            lines += in_process_table(r["in_process"])
+        lines += in_process_table(r["in_process"])
     if "enqueue" in results:
         e = results["enqueue"]
         lines += [
@@ -295,7 +282,7 @@ def charts(results: dict[str, Any], out: Path) -> list[Path]:
             ax.set_xticks([x + 0.25 for x in range(len(names))], names)
             ax.set_yscale("log")
             ax.set_ylabel("ms (log scale)")
-            ax.set_title(f"{r.get('server', 'werkzeug')}, {r['clients']} client(s)")
+            ax.set_title(f"{r['server']}, {r['clients']} client(s)")
             ax.legend()
         fig.suptitle("Response time")
         written.append(save(fig, out / "response.png"))

@@ -44,7 +44,6 @@ ENDPOINTS = {
     "send": ("POST", "/send", MAIL),
     "send-sync": ("POST", "/send-sync", MAIL),
 }
-FLOOR_QUEUE = "bench-floor"  # bench/floorapp.py's default, so this process publishes there too
 GUNICORN_THREADS = 8
 SERVERS = {
     "werkzeug": (
@@ -177,7 +176,9 @@ def measure_server(
     rounds: int,
     concurrencies: tuple[int, ...],
 ) -> dict[str, Any]:
-    """The three endpoints on one server, at each concurrency."""
+    """Every endpoint on one server, at each concurrency."""
+    from bench.floorapp import FLOOR_QUEUE
+
     web = start_server(server, app_env)
     figures: dict[str, Any] = {}
     try:
@@ -237,11 +238,7 @@ def run(
     use_wrk = shutil.which("wrk") is not None
     queue = "bench-response"
     inbox_server = start_inbox(env.folder / "inbox-response")  # where /send-sync mails go
-    app_env = {
-        **env.settings_env(queue, work_seconds),
-        **inbox_server.env,
-        "BENCH_FLOOR_QUEUE": FLOOR_QUEUE,
-    }
+    app_env = {**env.settings_env(queue, work_seconds), **inbox_server.env}
     figures: dict[str, Any] = {}
     try:
         for server in servers:
@@ -260,20 +257,21 @@ def run(
             )
     finally:
         inbox_server.stop()
+    connections = (
+        "one connection per client (kept alive where the server allows it; "
+        "werkzeug closes it after every response)"
+    )
     if use_wrk:
         generator = (
-            f"wrk ({wrk_version()}), one thread, one connection per client (kept alive where "
-            "the server allows it; werkzeug closes it after every response), "
-            f"{rounds} alternating rounds of {round_seconds:g} s per endpoint; "
-            "p50/p95/p99 are the medians of the rounds' percentiles"
+            f"wrk ({wrk_version()}), one thread, {connections}, {rounds} alternating rounds "
+            f"of {round_seconds:g} s per endpoint; p50/p95/p99 are the medians of the rounds' "
+            "percentiles"
         )
     else:
-        generator = "Python threads, http.client, one connection per client (kept alive "
-        "where the server allows it; werkzeug closes it after every response)"
+        generator = f"Python threads, http.client, {connections}"
     workers = os.cpu_count() or 1
     return {
         "servers": {name: SERVERS[name].format(workers=workers) for name in servers},
-        "server": "; ".join(SERVERS[name].format(workers=workers) for name in servers),
         "load_generator": generator,
         "work_seconds": work_seconds,
         "rounds": rounds,
@@ -292,40 +290,30 @@ def in_process(env: BenchEnv, calls: int, rounds: int) -> dict[str, Any]:
     """
     import io
 
-    from app import app, refuse_duplicates
-    from bench.floorapp import bare_publish
+    from werkzeug.test import create_environ
+
+    from app import app, mail_from_json
+    from bench.floorapp import FLOOR_QUEUE, bare_publish
     from mailasync import sendMail
-    from validation import validate_mail
 
     body = MAIL.encode()
     task_queue = sendMail.app.conf.task_default_queue
+    environs = {
+        path: create_environ(path, method="POST", data=body, content_type="application/json")
+        for path in ("/noop", "/send")
+    }
 
     def call_wsgi(path: str) -> None:
-        environ = {
-            "REQUEST_METHOD": "POST",
-            "PATH_INFO": path,
-            "SERVER_NAME": "127.0.0.1",
-            "SERVER_PORT": "5000",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(body),
-            "wsgi.errors": sys.stderr,
-            "CONTENT_TYPE": "application/json",
-            "CONTENT_LENGTH": str(len(body)),
-            "REMOTE_ADDR": "127.0.0.1",
-        }
+        environ = {**environs[path], "wsgi.input": io.BytesIO(body)}
         status: list[str] = []
         b"".join(app.wsgi_app(environ, lambda code, headers, exc_info=None: status.append(code)))
         if not status[0].startswith("2"):
             raise RuntimeError(f"POST {path} answered {status[0]}")
 
-    def parse_and_check() -> None:
-        validate_mail(json.loads(body.decode(), object_pairs_hook=refuse_duplicates))
-
     steps = {
         "/noop (WSGI)": lambda: call_wsgi("/noop"),
         "/send (WSGI)": lambda: call_wsgi("/send"),
-        "parse and check the JSON": parse_and_check,
+        "parse and check the JSON": lambda: mail_from_json(body),
         "sendMail.delay()": lambda: sendMail.delay(json.loads(MAIL)),
         "bare publish (py-amqp)": bare_publish,
     }

@@ -17,7 +17,7 @@ export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 # Jupyter refuses to run as root unless told (CI and containers run as root).
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
 # Every recipe line that talks to Celery first picks a broker (RabbitMQ, else embedded).
-WITH_BROKER := eval "$$($(PY) broker.py)" &&
+WITH_BROKER := eval "$$($(PY) -m kit.broker)" &&
 # pytest exits 5 when a stage collects nothing (e.g. no browser): say so, don't fail.
 define pytest_stage
 	$(WITH_BROKER) $(BIN)/pytest $(1); rc=$$?; \
@@ -52,7 +52,7 @@ test-notebooks: setup
 	$(call pytest_stage,--nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:python notebooks)
 
 inbox: setup
-	$(PY) inbox.py --host 127.0.0.1 --port 8025 --dir $(INBOX_DIR)
+	$(PY) -m kit.inbox --host 127.0.0.1 --port 8025 --dir $(INBOX_DIR)
 
 worker: setup
 	$(WITH_BROKER) exec $(BIN)/celery -A mailasync worker --loglevel=INFO

@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: {part} done in {time.monotonic() - began:.0f} s", flush=True)
             report.write(results, args.out)
     finally:
-        from processes import stop_all
+        from kit.processes import stop_all
 
         stop_all()
         env.close()

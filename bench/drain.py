@@ -31,8 +31,8 @@ def drain_once(
 ) -> dict[str, Any]:
     """Send `n` mails through `workers` workers; wall time and its ratio to the ideal."""
     import mailasync
-    from inbox import Inbox
-    from processes import start_inbox, start_worker
+    from kit.inbox import Inbox
+    from kit.processes import start_inbox, start_worker
 
     queue = mailasync.app.conf.task_default_queue
     run_id = f"{pool}-{concurrency}-{workers}-{time.time_ns()}"

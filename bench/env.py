@@ -2,37 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import platform
 import shutil
-import subprocess
 import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kit.broker import connect, rabbitmqctl
+from kit.lab.doctor import package_versions
+
 BROKER_HOST = "127.0.0.1:5672"
-PACKAGES = (
-    "celery",
-    "kombu",
-    "amqp",
-    "flask",
-    "werkzeug",
-    "yagmail",
-    "aiosmtpd",
-    "gevent",
-    "gunicorn",
-)
-
-
-def rabbitmqctl(*args: str) -> str:
-    """Run rabbitmqctl quietly; raise with its output if it fails."""
-    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60)
-    if done.returncode != 0:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr or done.stdout}")
-    return done.stdout
 
 
 @dataclass
@@ -64,9 +46,7 @@ class BenchEnv:
 
     def purge(self, queue: str) -> None:
         """Empty a queue of this vhost (if it exists)."""
-        from kombu import Connection
-
-        with Connection(self.broker_url) as conn:
+        with connect(self.broker_url) as conn:
             channel = conn.default_channel
             try:
                 channel.queue_purge(queue)
@@ -110,12 +90,7 @@ def machine() -> dict[str, Any]:
         rabbit = rabbitmqctl("version").strip()
     except (RuntimeError, OSError):
         rabbit = "unknown"
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = "not installed"
+    versions = package_versions()
     return {
         "nproc": os.cpu_count(),
         "cpu": cpu,

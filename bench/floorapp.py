@@ -1,4 +1,6 @@
-"""The kit's Flask app plus one bench-only route, POST /publish: the floor under /send.
+"""The kit's Flask app plus two bench-only routes: /noop and POST /publish, the floor under /send.
+
+/noop does nothing: the framework's own cost (POST takes /send's body).
 
 /publish does the least any /send could do: one AMQP publish of a ready-made
 message the size of a sendMail message, with py-amqp (the client under Celery)
@@ -49,6 +51,12 @@ def bare_publish() -> None:
             _channel.queue_declare(FLOOR_QUEUE, durable=True, auto_delete=False)
         message = amqp.Message(BODY, content_type="application/json", delivery_mode=2)
         _channel.basic_publish(message, exchange="", routing_key=FLOOR_QUEUE)
+
+
+@app.route("/noop", methods=["GET", "POST"])
+def noop() -> tuple[Response, int]:
+    """Does nothing: the framework's own cost, for the benchmarks (POST takes /send's body)."""
+    return jsonify(status="ok"), 200
 
 
 @app.post("/publish")

@@ -142,7 +142,7 @@ def start_server(server: str, env: dict[str, str]) -> Any:
 
     Returns a processes.Background with `.port`.
     """
-    from processes import Background, free_port
+    from kit.processes import Background, free_port
 
     port = free_port()
     if server == "werkzeug":
@@ -233,7 +233,7 @@ def run(
     in_process_calls: int = 2000,
 ) -> dict[str, Any]:
     """p50/p95/p99 per server, endpoint and concurrency, and the ratios the targets name."""
-    from processes import start_inbox
+    from kit.processes import start_inbox
 
     use_wrk = shutil.which("wrk") is not None
     queue = "bench-response"
@@ -292,9 +292,9 @@ def in_process(env: BenchEnv, calls: int, rounds: int) -> dict[str, Any]:
 
     from werkzeug.test import create_environ
 
-    from app import app, mail_from_json
-    from bench.floorapp import FLOOR_QUEUE, bare_publish
-    from mailasync import sendMail
+    from bench.floorapp import FLOOR_QUEUE, app, bare_publish
+    from kit.web import mail_from_json
+    from mailasync import sendMail, settings
 
     body = MAIL.encode()
     task_queue = sendMail.app.conf.task_default_queue
@@ -313,7 +313,7 @@ def in_process(env: BenchEnv, calls: int, rounds: int) -> dict[str, Any]:
     steps = {
         "/noop (WSGI)": lambda: call_wsgi("/noop"),
         "/send (WSGI)": lambda: call_wsgi("/send"),
-        "parse and check the JSON": lambda: mail_from_json(body),
+        "parse and check the JSON": lambda: mail_from_json(body, settings),
         "sendMail.delay()": lambda: sendMail.delay(json.loads(MAIL)),
         "bare publish (py-amqp)": bare_publish,
     }

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from settings import Settings
+from kit import broker
+from kit.settings import Settings
 
 TEST_WORK_SECONDS = "1"
 RUN_ID = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -26,10 +26,12 @@ _created_vhost = False
 
 
 def rabbitmqctl(*args: str) -> bool:
-    if shutil.which("rabbitmqctl") is None:
+    """True if rabbitmqctl is installed and did what it was asked."""
+    try:
+        broker.rabbitmqctl(*args)
+    except (OSError, RuntimeError):
         return False
-    done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, timeout=60)
-    return done.returncode == 0
+    return True
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -78,8 +80,8 @@ def queue_name(monkeypatch: pytest.MonkeyPatch) -> str:
 
 @pytest.fixture
 def inbox(tmp_path: Path, queue_name: str) -> Iterator:
-    """A running inbox.py on a free port; MAIL_* in the environment point at it."""
-    from processes import start_inbox
+    """The local inbox running on a free port; MAIL_* in the environment point at it."""
+    from kit.processes import start_inbox
 
     server = start_inbox(tmp_path / "inbox")
     previous = {key: os.environ.get(key) for key in server.env}
@@ -96,7 +98,7 @@ def inbox(tmp_path: Path, queue_name: str) -> Iterator:
 @pytest.fixture
 def mailbox(inbox, tmp_path: Path):
     """Reader for the running inbox's folder."""
-    from inbox import Inbox
+    from kit.inbox import Inbox
 
     return Inbox(tmp_path / "inbox")
 
@@ -104,7 +106,7 @@ def mailbox(inbox, tmp_path: Path):
 @pytest.fixture
 def start_worker(inbox) -> Iterator[Callable]:
     """Start workers on this test's queue; every one is stopped afterwards."""
-    from processes import start_worker as start
+    from kit.processes import start_worker as start
 
     started = []
 
@@ -121,7 +123,7 @@ def start_worker(inbox) -> Iterator[Callable]:
 @pytest.fixture
 def web(inbox) -> Iterator:
     """app.py served on a free port, with this test's settings."""
-    from processes import start_app
+    from kit.processes import start_app
 
     server = start_app()
     yield server

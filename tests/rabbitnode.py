@@ -17,7 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
-from processes import Background, free_port, port_answers
+from kit.processes import Background, free_port, port_answers
 
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 

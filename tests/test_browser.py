@@ -28,7 +28,7 @@ import nbformat
 import pytest
 import requests
 
-from processes import Background, free_port
+from kit.processes import Background, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "03_flask_and_requests.ipynb"

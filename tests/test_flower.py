@@ -6,7 +6,6 @@ with a worker and one mail sent, and reads what Flower shows.
 
 from __future__ import annotations
 
-import os
 import socket
 import sys
 import time
@@ -15,12 +14,9 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from processes import Background, free_port, listening_addresses
+from conftest import needs_rabbitmq
+from kit.processes import Background, free_port, listening_addresses
 
-needs_rabbitmq = pytest.mark.skipif(
-    os.environ.get("CELERY_BROKER_URL", "").startswith("filesystem://"),
-    reason="Flower's live view needs RabbitMQ (the embedded broker is in use)",
-)
 pytestmark = [pytest.mark.integration, needs_rabbitmq]
 
 

@@ -1,4 +1,4 @@
-"""inbox.py: a real SMTP server that stores each message as one .eml file."""
+"""The local inbox (kit/inbox.py): a real SMTP server that stores each message as one .eml file."""
 
 import smtplib
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yagmail
 
-from inbox import Inbox, make_controller, store
-from processes import free_port
+from kit.inbox import Inbox, make_controller, store
+from kit.processes import free_port
 
 
 @pytest.fixture

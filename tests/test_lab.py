@@ -1,4 +1,4 @@
-"""lab.py: the notebooks' helpers, and a kit that leaves nothing behind."""
+"""kit.lab: the notebooks' helpers, and a kit that leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from kombu import Connection
 
-import lab
+from kit import broker, lab
+from kit.lab.session import worker_hostname
 
 
 def test_percentile_interpolates_between_ranks() -> None:
@@ -38,7 +38,7 @@ def test_table_escapes_html_and_aligns_text() -> None:
 def test_arrival_order_reads_numbers_from_subjects(tmp_path) -> None:
     from email.message import EmailMessage
 
-    from inbox import Inbox, store
+    from kit.inbox import Inbox, store
 
     for number in (2, 0, 1):
         message = EmailMessage()
@@ -74,7 +74,7 @@ def test_kit_sends_a_mail_and_stop_leaves_nothing(restored_environment: None) ->
     kit = lab.start_kit("test", work_seconds=0.1, app=True)
     processes = [kit.inbox_process, *kit.workers, kit.web]
     assert os.environ["CELERY_QUEUE"] == kit.queue == kit.settings.CELERY_QUEUE
-    assert kit.ping() == [lab.worker_hostname(kit.worker)]
+    assert kit.ping() == [worker_hostname(kit.worker)]
 
     kit.mailasync.sendMail.delay(lab.mail(7, "Kit"))
     [received] = lab.wait_for_mail(kit.inbox, 1, timeout=30)
@@ -83,7 +83,7 @@ def test_kit_sends_a_mail_and_stop_leaves_nothing(restored_environment: None) ->
     kit.stop()
     assert not any(process.running() for process in processes)
     assert not kit.inbox.folder.exists()
-    with Connection(os.environ["CELERY_BROKER_URL"]) as connection:
+    with broker.connect(os.environ["CELERY_BROKER_URL"]) as connection:
         if connection.transport_cls in ("amqp", "pyamqp"):
             with pytest.raises(Exception, match="NOT_FOUND"):
                 connection.default_channel.queue_declare(kit.queue, passive=True)

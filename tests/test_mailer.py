@@ -4,13 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from inbox import Inbox, make_controller
-from mailer import Mailer, PermanentMailError, TransientMailError
-from processes import free_port
-from settings import Settings
-from validation import Mail
+from kit.inbox import Inbox, make_controller
+from kit.mailer import Mailer, PermanentMailError, TransientMailError
+from kit.processes import free_port
+from kit.settings import Settings
 
-MAIL = Mail(to="learner@example.com", subject="Hi", body="/etc/passwd")
+MAIL = {"to": "learner@example.com", "subject": "Hi", "contents": "/etc/passwd"}
 
 
 @pytest.fixture
@@ -42,7 +41,7 @@ def test_connections_are_reused_and_the_body_is_never_read_as_a_file(
 ) -> None:
     mailer = mailer_for(port)
     for number in range(3):
-        mailer.send(MAIL, message_id=f"<{number}@test>")
+        mailer.send(**MAIL, message_id=f"<{number}@test>")
     mails = Inbox(tmp_path / "mail").wait_for(3, timeout=10)
     assert [m.message_id for m in mails] == ["<0@test>", "<1@test>", "<2@test>"]
     assert mails[0].body == "/etc/passwd"  # yagmail would attach the file if not raw
@@ -53,24 +52,24 @@ def test_connections_are_reused_and_the_body_is_never_read_as_a_file(
 
 def test_a_connection_the_server_dropped_is_replaced(server, port: int, tmp_path: Path) -> None:
     mailer = mailer_for(port)
-    mailer.send(MAIL, message_id="<before@test>")
+    mailer.send(**MAIL, message_id="<before@test>")
     server()  # the server restarts: the pooled connection is now dead
-    mailer.send(MAIL, message_id="<after@test>")
+    mailer.send(**MAIL, message_id="<after@test>")
     assert len(Inbox(tmp_path / "mail").wait_for(2, timeout=10)) == 2
     mailer.close()
 
 
 def test_refused_connection_is_transient(port: int) -> None:
     with pytest.raises(TransientMailError, match="cannot reach"):
-        mailer_for(port).send(MAIL, message_id="<x@test>")
+        mailer_for(port).send(**MAIL, message_id="<x@test>")
 
 
 def test_4xx_is_transient_and_5xx_permanent(server, port: int) -> None:
     mailer = mailer_for(port)
     with pytest.raises(TransientMailError, match="451"):
-        mailer.send(Mail("tempfail@example.com", "s", "b"), message_id="<t@test>")
+        mailer.send("tempfail@example.com", "s", "b", message_id="<t@test>")
     with pytest.raises(PermanentMailError, match="550"):
-        mailer.send(Mail("reject@example.com", "s", "b"), message_id="<p@test>")
+        mailer.send("reject@example.com", "s", "b", message_id="<p@test>")
 
 
 def test_a_wrong_password_is_permanent_and_not_shown(tmp_path: Path, port: int) -> None:
@@ -79,9 +78,9 @@ def test_a_wrong_password_is_permanent_and_not_shown(tmp_path: Path, port: int) 
     try:
         mailer = mailer_for(port, MAIL_PASSWORD="wrong-secret")
         with pytest.raises(PermanentMailError, match="MAIL_PASSWORD") as caught:
-            mailer.send(MAIL, message_id="<a@test>")
+            mailer.send(**MAIL, message_id="<a@test>")
         assert "wrong-secret" not in str(caught.value)
-        mailer_for(port, MAIL_PASSWORD="right-one").send(MAIL, message_id="<b@test>")
+        mailer_for(port, MAIL_PASSWORD="right-one").send(**MAIL, message_id="<b@test>")
     finally:
         controller.stop()
     assert Inbox(tmp_path / "mail").count() == 1
@@ -89,7 +88,7 @@ def test_a_wrong_password_is_permanent_and_not_shown(tmp_path: Path, port: int) 
 
 def test_markup_in_the_body_is_escaped_in_the_html_part(server, port: int, tmp_path: Path) -> None:
     body = 'Hi <script>alert("x")</script> & <a href="https://evil.example">click</a>\nBye'
-    mailer_for(port).send(Mail("learner@example.com", "Markup", body), message_id="<m@test>")
+    mailer_for(port).send("learner@example.com", "Markup", body, message_id="<m@test>")
     [received] = Inbox(tmp_path / "mail").wait_for(1, timeout=10)
     assert received.body == body.strip()  # the text part is the body as sent
     html_part = received.message.get_body(preferencelist=("html",))

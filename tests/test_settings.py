@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from settings import Settings, SettingsError, load_settings, mask_url
+from kit.settings import Settings, SettingsError, load_settings, mask_url
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "default_settings.py.example"
 

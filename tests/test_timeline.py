@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-import timeline
+from kit.lab import timeline
 
 
 def make_capture(events: list[dict]) -> timeline.EventCapture:

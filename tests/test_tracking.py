@@ -8,11 +8,9 @@ from typing import Any
 import pytest
 import requests
 
+from kit.lab import mail
+
 pytestmark = pytest.mark.integration
-
-
-def mail(to: str = "learner@example.com", n: int = 0) -> dict[str, str]:
-    return {"to": to, "subject": f"Tracked {n}", "body": f"Body {n}"}
 
 
 def status(web: Any, task_id: str) -> dict[str, Any]:
@@ -57,7 +55,7 @@ def test_pending_then_started_with_rising_progress_then_success(
     assert len({p for p in progress if 0 < p < 1}) >= 1, f"no progress seen mid-work: {progress}"
     result = seen[-1]["result"]
     assert seen[-1]["progress"] == 1.0
-    assert result["to"] == "learner@example.com"
+    assert result["to"] == "learner0@example.com"
     assert result["message_id"] == f"<{task_id}@mailasync>"
     [arrived] = mailbox.wait_for(1)
     assert arrived.message_id == result["message_id"]
@@ -65,7 +63,7 @@ def test_pending_then_started_with_rising_progress_then_success(
 
 def test_permanent_refusal_fails_at_once_with_the_reason(web, start_worker, mailbox) -> None:
     worker = start_worker()
-    task_id = queue(web, mail("reject-me@example.com"))
+    task_id = queue(web, mail(to="reject-me@example.com"))
     seen = watch(web, task_id, timeout=30)
     assert seen[-1]["state"] == "FAILURE"
     assert "550" in seen[-1]["error"] and "reject-me@example.com" in seen[-1]["error"]
@@ -81,7 +79,7 @@ def test_transient_refusal_retries_then_fails_after_the_retry_limit(
     monkeypatch.setenv("MAIL_RETRY_MAX", "3")
     monkeypatch.setenv("WORK_SECONDS", "0.2")
     worker = start_worker()
-    task_id = queue(web, mail("tempfail-me@example.com"))
+    task_id = queue(web, mail(to="tempfail-me@example.com"))
     seen = watch(web, task_id, timeout=60)
     states = [s["state"] for s in seen]
     assert "RETRY" in states and states[-1] == "FAILURE"

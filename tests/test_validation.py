@@ -4,7 +4,7 @@ import unicodedata
 
 import pytest
 
-from validation import (
+from kit.validation import (
     CONTROL_IN_BODY,
     LINE_BREAK_OR_CONTROL,
     LONE_SURROGATE,

@@ -12,6 +12,8 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 
+from kit.settings import Settings
+
 FIELDS = ("to", "subject", "body")
 MAX_ADDRESS_LENGTH = 254
 # Unicode's categories as character ranges, fixed by its stability policy:
@@ -68,6 +70,11 @@ def validate_mail(data: Any, max_subject: int = 200, max_body: int = 10_000) -> 
     if len(body) > max_body:
         raise InvalidMail(f"'body' is {len(body)} characters; the limit is {max_body}")
     return Mail(to=validate_address(to), subject=subject, body=body)
+
+
+def check_mail(data: Any, settings: Settings) -> Mail:
+    """Check a mail against the limits in `settings`: the one check the app and the task share."""
+    return validate_mail(data, settings.MAX_SUBJECT_LENGTH, settings.MAX_BODY_LENGTH)
 
 
 def validate_address(to: str) -> str:

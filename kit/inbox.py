@@ -4,11 +4,11 @@ A real SMTP server (aiosmtpd) that stores every message it receives as one
 .eml file in a folder, so mail sent by yagmail over a real socket can be read
 back by notebooks and tests. Run it in its own terminal:
 
-    $ python3 inbox.py --host 127.0.0.1 --port 8025 --dir inbox
+    $ python3 -m kit.inbox --host 127.0.0.1 --port 8025 --dir inbox
 
 and read the folder from Python:
 
-    >>> from inbox import Inbox
+    >>> from kit.inbox import Inbox
     >>> Inbox("inbox").messages()[-1].subject
 
 For fault drills it refuses some recipients on purpose: a local part starting
@@ -144,9 +144,9 @@ class InboxHandler:
     ) -> str:
         local_part = address.split("@", 1)[0].lower()
         if local_part.startswith("reject"):
-            return "550 5.1.1 Mailbox unavailable (refused on purpose by inbox.py)"
+            return "550 5.1.1 Mailbox unavailable (refused on purpose by the local inbox)"
         if local_part.startswith("tempfail"):
-            return "451 4.3.0 Try again later (refused on purpose by inbox.py)"
+            return "451 4.3.0 Try again later (refused on purpose by the local inbox)"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

@@ -5,7 +5,7 @@ runs in its own process group with its log in a file, and is stopped by that
 group: at `stop()`, at `stop_all()`, when this Python process exits, and (on
 Linux) when this process dies without cleaning up.
 
-    >>> from processes import start_inbox, start_worker, stop_all
+    >>> from kit.processes import start_inbox, start_worker, stop_all
     >>> inbox = start_inbox("inbox")
     >>> worker = start_worker(env=inbox.env)
     >>> print(worker.log_text())
@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from settings import ROOT
+from kit.settings import ROOT
 
 LOG_DIR = ROOT / ".mailasync" / "logs"
 PR_SET_PDEATHSIG = 1
@@ -167,11 +167,12 @@ class Background:
 def start_inbox(
     folder: str | os.PathLike[str], port: int | None = None, password: str | None = None
 ) -> Background:
-    """Start inbox.py on a free port; its `env` points the mailer at it."""
+    """Start the local inbox (python -m kit.inbox) on a free port; `env` points the mailer there."""
     port = port or free_port()
     argv = [
         sys.executable,
-        "inbox.py",
+        "-m",
+        "kit.inbox",
         "--host",
         "127.0.0.1",
         "--port",

@@ -14,18 +14,13 @@ import logging
 import queue
 import smtplib
 import threading
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from email.message import Message
+from email.charset import Charset
 
 import yagmail
-from yagmail.headers import resolve_addresses
-from yagmail.message import prepare_message
-from yagmail.validate import validate_email_with_regex
 
-from settings import Settings
-from validation import Mail
+from kit.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -65,51 +60,29 @@ def classify(error: Exception) -> Exception:
     return PermanentMailError(f"{type(error).__name__}: {error}")
 
 
-def replace_text(part: Message, text: str, charset: str) -> None:
-    """Give a text part new content, encoded afresh (its old encoding header goes)."""
-    del part["Content-Transfer-Encoding"]
-    part.set_payload(text, charset=charset)
+def build_message(
+    client: yagmail.SMTP, to: str, subject: str, body: str, message_id: str
+) -> tuple[list[str], str]:
+    """yagmail's message for a plain-text body, via its public ``prepare_send``.
 
-
-def build_message(client: yagmail.SMTP, mail: Mail, message_id: str) -> tuple[list[str], str]:
-    """What yagmail's prepare_send returns (recipients, message text), made safe and cheap.
-
-    The body is escaped in the HTML part (it is plain text from a client) and
-    kept as sent in the plain part, where yagmail turns newlines into <br>. MIME
-    boundaries are set here: left unset, the email package picks a random one for each of the
-    three multipart parts yagmail builds and compiles a regular expression to
-    look for it in the text: about a tenth of a busy worker's time (bench/).
-    A uuid4 boundary (122 random bits) cannot turn up in a body by chance.
+    yagmail writes one string into both parts: newlines become <br> and markup
+    is kept as it is. The kit hands it the body escaped for HTML, so a client's
+    <a> or <script> shows as text in the HTML part, then puts the body as sent
+    back into the plain part, which yagmail base64-encodes exactly as below.
     """
-    addresses = resolve_addresses(client.user, client.useralias, mail.to, None, None)
-    if client.soft_email_validation:
-        for address in addresses["recipients"]:
-            validate_email_with_regex(address)
-    message = prepare_message(
-        client.user,
-        client.useralias,
-        addresses,
-        mail.subject,
-        yagmail.raw(mail.body),  # raw: never read the body as a file path
-        None,
-        None,
-        client.encoding,
+    escaped = html.escape(body)
+    recipients, message = client.prepare_send(
+        to=to,
+        subject=subject,
+        contents=yagmail.raw(escaped),  # raw: never read the body as a file path
         prettify_html=False,
         message_id=message_id,
-        dkim=None,  # the kit signs nothing; a signature would have to follow the edit below
     )
-    for part in message.walk():
-        if part.is_multipart():
-            part.set_boundary(f"===============mailasync{uuid.uuid4().hex}==")
-        elif part.get_content_type() == "text/html":
-            # yagmail copies the body into the HTML part as it is: a client's <a> or
-            # <script> would render. The body is plain text, so escape it there.
-            escaped = html.escape(mail.body).replace("\n", "<br>\n")
-            replace_text(part, f"<div>{escaped}</div>", client.encoding)
-        elif part.get_content_type() == "text/plain":
-            # yagmail turns newlines into <br> in the plain part too: keep the text as sent.
-            replace_text(part, mail.body, client.encoding)
-    return addresses["recipients"], message.as_string()
+    charset = Charset(client.encoding)
+    yagmail_plain = charset.body_encode(escaped.replace("\n", "<br>"))
+    if yagmail_plain not in message:
+        raise PermanentMailError("yagmail's message has no plain part where the kit expects one")
+    return recipients, message.replace(yagmail_plain, charset.body_encode(body), 1)
 
 
 class Mailer:
@@ -151,20 +124,24 @@ class Mailer:
                 raise
             self._idle.put(client)
 
-    def send(self, mail: Mail, message_id: str) -> None:
-        """Send one mail; raise TransientMailError or PermanentMailError on failure."""
+    def send(self, to: str, subject: str, contents: str, message_id: str) -> None:
+        """Send one plain-text mail, like yagmail's ``send``, on a pooled connection.
+
+        Raises TransientMailError or PermanentMailError instead of yagmail's own
+        retries with sleeps and its ``False`` for a mail left unsent.
+        """
         try:
             try:
-                self._send_once(mail, message_id)
+                self._send_once(to, subject, contents, message_id)
             except smtplib.SMTPServerDisconnected:
                 # A pooled connection the server closed while idle: one fresh try.
-                self._send_once(mail, message_id)
+                self._send_once(to, subject, contents, message_id)
         except (smtplib.SMTPException, OSError) as error:
             raise classify(error) from error
 
-    def _send_once(self, mail: Mail, message_id: str) -> None:
+    def _send_once(self, to: str, subject: str, contents: str, message_id: str) -> None:
         with self.connection() as client:
-            recipients, message = build_message(client, mail, message_id)
+            recipients, message = build_message(client, to, subject, contents, message_id)
             client.smtp.sendmail(client.user, recipients, message)
 
     def close(self) -> None:

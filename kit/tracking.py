@@ -19,7 +19,7 @@ from celery.backends.filesystem import FilesystemBackend
 from celery.result import AsyncResult
 from kombu.utils.encoding import ensure_bytes
 
-ATOMIC_FILE_BACKEND = "tracking:AtomicFilesystemBackend"
+ATOMIC_FILE_BACKEND = "kit.tracking:AtomicFilesystemBackend"
 SENT_KEY_PREFIX = b"mailasync-sent-"
 
 

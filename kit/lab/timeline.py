@@ -7,7 +7,7 @@ times to ``spans``). ``EventCapture`` listens to them in a background
 thread of the notebook, like a tiny Flower, and ``timeline_chart`` draws one
 lane per worker process or thread:
 
-    >>> import timeline
+    >>> from kit.lab import timeline
     >>> capture = timeline.EventCapture(kit.mailasync.app).start()
     >>> kit.add_worker(pool="threads", concurrency=2, extra_args=timeline.WORKER_ARGS)
     >>> sent = {kit.mailasync.sendMail.delay(lab.mail(i)).id: time.time() for i in range(8)}
@@ -36,7 +36,7 @@ from celery import Celery, Task
 from celery.signals import task_prerun
 
 # Extra worker arguments: import this module so its task_prerun handler runs there.
-WORKER_ARGS = ["--include", "timeline"]
+WORKER_ARGS = ["--include", "kit.lab.timeline"]
 RUNNER_EVENT = "task-runner"
 STATES = {
     "task-succeeded": "SUCCESS",

@@ -1,6 +1,6 @@
 """The kit's settings, read once in layers: environment > default_settings.py > defaults.
 
-The built-in defaults send mail to the kit's local inbox (``inbox.py`` on
+The built-in defaults send mail to the kit's local inbox (``python3 -m kit.inbox`` on
 127.0.0.1:8025, no TLS, no login), so nothing needs a real account. Copy
 ``default_settings.py.example`` to ``default_settings.py`` to use Gmail; an
 environment variable of the same name wins over both.
@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent
 STATE_DIR = ROOT / ".mailasync"
 SETTINGS_FILE = ROOT / "default_settings.py"
 SECURITY_CHOICES = ("ssl", "starttls", "none")

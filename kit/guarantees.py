@@ -1,0 +1,131 @@
+"""The Celery settings behind the kit's promises, one function a promise.
+
+mailasync.py calls each of these on its app with a one-line comment, so the
+article's file stays short; the reasons and the measurements are here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, Task
+from celery.signals import celeryd_init, worker_process_shutdown
+
+from kit.broker import embedded_transport_options, is_embedded
+from kit.mailer import Mailer
+from kit.settings import Settings
+from kit.tracking import backend_url
+
+
+def json_only(app: Celery) -> None:
+    """JSON both ways: a worker never unpickles what arrives from the network."""
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+    )
+
+
+def nothing_lost(app: Celery) -> None:
+    """Acknowledge a task after it ran, requeue it if its process dies, hold one at a time.
+
+    The article's worker acknowledges on receipt: a worker killed mid-task
+    loses that mail. Holding only as many long tasks as there are slots keeps
+    the others in the queue for a free worker.
+    """
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+    )
+
+
+def bounded_publish(app: Celery, settings: Settings) -> None:
+    """A request waits at most about PUBLISH_TIMEOUT on a broker that is down; a worker waits on.
+
+    Without bounds `.delay()` retries a refused connection and waits on a
+    silent one for a long time, and the request with it.
+    """
+    app.conf.update(
+        broker_connection_timeout=settings.PUBLISH_TIMEOUT,
+        broker_pool_acquire_timeout=settings.PUBLISH_TIMEOUT,
+        task_publish_retry_policy={
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.2,
+        },
+        # The worker, unlike a request, keeps trying until the broker is back.
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+    )
+
+
+def tracked(app: Celery, settings: Settings) -> None:
+    """Task states, progress and results where any process can read them (GET /tasks/<id>)."""
+    app.conf.update(
+        task_track_started=True,
+        result_expires=24 * 3600,
+        # Events for Flower come from the worker (received, started, succeeded...).
+        # No task-sent event: it is a second publish inside every .delay() (about
+        # a quarter of its time, measured by bench/), for a state Flower can do without.
+        worker_send_task_events=True,
+        task_send_sent_event=False,
+    )
+    # Set here, not as result_backend: Celery reads a CELERY_RESULT_BACKEND
+    # environment variable in place of that setting, so a file:// URL from the
+    # environment would get Celery's non-atomic file backend.
+    app.backend_cls = backend_url(settings.CELERY_RESULT_BACKEND)
+    if settings.CELERY_RESULT_BACKEND.startswith("file://"):
+        Path(settings.CELERY_RESULT_BACKEND.removeprefix("file://")).mkdir(
+            parents=True, exist_ok=True
+        )
+
+
+def on_the_kits_queue(app: Celery, settings: Settings) -> None:
+    """The kit's own queue, the embedded broker's folders, and heartbeats fit for the pool."""
+    app.conf.task_default_queue = settings.CELERY_QUEUE
+    if is_embedded(settings.CELERY_BROKER_URL):
+        app.conf.broker_transport_options = embedded_transport_options()
+    celeryd_init.connect(tune_green_pools, weak=False, dispatch_uid="mailasync-green-pools")
+
+
+def tune_green_pools(conf: Any, options: dict[str, Any], **_: Any) -> None:
+    """gevent/eventlet workers: no AMQP heartbeats, which cap them near 10 messages a second.
+
+    With a green pool Celery runs its blocking loop, which after every frame
+    from the broker waits up to 0.1 s on the event connection when heartbeats
+    are on (celery/worker/loops.py synloop, _quick_drain). A dead broker
+    connection is still noticed through the TCP keepalive that py-amqp sets.
+    """
+    pool = options.get("pool") or options.get("pool_cls") or conf.worker_pool
+    name = pool if isinstance(pool, str) else f"{pool.__module__}.{pool.__name__}"
+    if "gevent" in name or "eventlet" in name:
+        conf.broker_heartbeat = 0
+
+
+def close_at_worker_exit(mailer: Mailer) -> None:
+    """Log out of the SMTP connections when a worker process stops."""
+
+    def close(**_: Any) -> None:
+        mailer.close()
+
+    worker_process_shutdown.connect(close, weak=False)
+
+
+class MailTask(Task):
+    """sendMail's task class: a mail's recipient and body stay out of logs and Flower.
+
+    Celery formats every message's arguments for logs and monitors (saferepr,
+    also about a sixth of a .delay(), measured by bench/); the kit sends a
+    short stand-in instead.
+    """
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        options.setdefault("argsrepr", "(<mail>,)")
+        options.setdefault("kwargsrepr", repr(kwargs or {}))
+        return super().apply_async(args, kwargs, **options)

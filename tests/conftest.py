@@ -61,6 +61,31 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(results, ignore_errors=True)
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With MAILASYNC_EXPECTED_SKIPS=<file>, fail the run on any skip the file does not list.
+
+    CI runs a RabbitMQ pass and an embedded-broker pass, each with its own list,
+    so that a test which stops running (chromium missing, a broker not found)
+    is noticed instead of passing quietly as a skip.
+    """
+    listed = os.environ.get("MAILASYNC_EXPECTED_SKIPS")
+    if not listed:
+        return
+    expected = {
+        line.split("#")[0].strip()
+        for line in Path(listed).read_text().splitlines()
+        if line.split("#")[0].strip()
+    }
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = {report.nodeid for report in reporter.stats.get("skipped", [])} if reporter else set()
+    unexpected = sorted(skipped - expected)
+    if unexpected:
+        print(f"\nskips not listed in {listed}:\n  " + "\n  ".join(unexpected))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    elif skipped:
+        print(f"\n{len(skipped)} skip(s), all listed in {listed}")
+
+
 def uses_rabbitmq() -> bool:
     return os.environ.get("CELERY_BROKER_URL", "pyamqp://").startswith(("amqp", "pyamqp"))
 

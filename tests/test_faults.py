@@ -24,6 +24,7 @@ import pytest
 import requests
 
 import rabbitnode
+from conftest import needs_rabbitmq
 from kit import broker
 from kit.lab import mail
 from kit.processes import Background, free_port, start_app, start_inbox
@@ -241,6 +242,7 @@ def worker_without_waiting(name: str) -> Background:
 
 
 @pytest.mark.slow
+@needs_rabbitmq  # a machine whose RabbitMQ does not answer is treated as one without it
 @pytest.mark.skipif(rabbitmq_missing := rabbitnode.available(), reason=str(rabbitmq_missing))
 def test_queued_mail_survives_a_rabbitmq_restart_and_the_worker_reconnects(
     inbox, mailbox, queue_name, monkeypatch, tmp_path: Path

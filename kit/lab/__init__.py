@@ -14,14 +14,15 @@ One module a job:
 - ``timing``: ``timed``, ``time_calls``, ``percentile``, ``percentiles`` (a ``Table``),
   ``latency_chart``.
 - ``mails``: ``mail(i, prefix)`` (numbered task data), ``arrival_order``, ``wait_for_mail``.
-- ``doctor``: ``versions()``, ``check_setup()`` and ``checks_table()`` for notebook 00.
+- ``doctor``: ``versions()``, ``check_setup()``, ``checks_table()`` and
+  ``embedded_limits()`` for notebook 00.
 - ``timeline``: which worker slot ran which mail when, from Celery's events (notebook 05).
 
 No helper prints a password: settings are shown through ``Settings.__repr__``
 and ``mask_url``, which hide them.
 """
 
-from kit.lab.doctor import Check, check_setup, checks_table, versions
+from kit.lab.doctor import Check, check_setup, checks_table, embedded_limits, versions
 from kit.lab.mails import arrival_order, mail, wait_for_mail
 from kit.lab.session import Kit, load_mailasync, show_log, start_kit
 from kit.lab.timing import Table, latency_chart, percentile, percentiles, time_calls, timed
@@ -33,6 +34,7 @@ __all__ = [
     "arrival_order",
     "check_setup",
     "checks_table",
+    "embedded_limits",
     "latency_chart",
     "load_mailasync",
     "mail",

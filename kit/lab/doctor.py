@@ -52,6 +52,39 @@ def versions() -> Table:
     return Table(["component", "version"], rows)
 
 
+# What a learner gives up on the embedded broker, each with the notebook that shows it.
+EMBEDDED_LIMITS = (
+    (
+        "strict first in, first out",
+        "messages are files named by the millisecond they were queued: mails queued in the "
+        "same millisecond are taken in random order (notebooks 02 and 05 measure it)",
+    ),
+    (
+        "nothing lost when a worker is killed",
+        "no acknowledgements: a message leaves the folder when a worker takes it, so a "
+        "killed worker loses the mails it held (notebook 06 counts them)",
+    ),
+    (
+        "speed",
+        "workers poll the folder every 0.1 s instead of being pushed each message",
+    ),
+    (
+        "several machines",
+        "the queue is a folder on this machine; workers elsewhere cannot reach it",
+    ),
+    (
+        "RabbitMQ-only drills",
+        "broker restarts, Flower's live view, consumer counts and the benchmarks need RabbitMQ; "
+        "make test skips their tests",
+    ),
+)
+
+
+def embedded_limits() -> Table:
+    """The promises the embedded broker cannot keep, and what happens instead."""
+    return Table(["what you lose", "why, and where it shows"], EMBEDDED_LIMITS)
+
+
 @dataclass(frozen=True)
 class Check:
     """One set-up check: what was checked, whether it is fine, what was found, the fix."""

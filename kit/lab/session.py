@@ -21,13 +21,14 @@ import os
 import platform
 import shutil
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 from kit import processes
-from kit.broker import choose, declare_and_purge, delete_queue, is_embedded
+from kit.broker import choose, declare_and_purge, delete_queue, is_embedded, queue_depth
 from kit.inbox import Inbox
 from kit.processes import Background
 from kit.settings import STATE_DIR, Settings
@@ -51,6 +52,11 @@ class Kit:
     @property
     def settings(self) -> Settings:
         return self.mailasync.settings
+
+    @property
+    def embedded(self) -> bool:
+        """True when this kit runs on the embedded broker, which keeps fewer promises."""
+        return is_embedded(self.settings.CELERY_BROKER_URL)
 
     @property
     def worker(self) -> Background:
@@ -109,6 +115,18 @@ class Kit:
             return []
         replies = self.mailasync.app.control.ping(destination=names, timeout=timeout)
         return sorted(name for reply in replies for name in reply)
+
+    def wait_until_idle(self, timeout: float = 60.0) -> None:
+        """Wait until this kit's queue is empty and none of its workers runs a task."""
+        names = [worker_hostname(w) for w in self.workers]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if queue_depth(self.settings.CELERY_BROKER_URL, self.queue) == 0:
+                active = self.mailasync.app.control.inspect(destination=names, timeout=1).active()
+                if active is not None and not any(active.values()):
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(f"queue {self.queue} still busy after {timeout} s")
 
     def stop(self) -> None:
         """Stop the app, the workers and the inbox; delete the queue. Safe to call twice."""

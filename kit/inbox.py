@@ -43,6 +43,11 @@ DEFAULT_PORT = 8025
 warnings.filterwarnings("ignore", message="Requiring AUTH while not requiring TLS")
 
 
+def header(name: str) -> property:
+    """A read-only property: one header of the message as text, "" when it is absent."""
+    return property(lambda mail: str(mail.message[name] or ""), doc=f"The {name} header.")
+
+
 @dataclass(frozen=True)
 class ReceivedMail:
     """One stored message, parsed."""
@@ -51,21 +56,10 @@ class ReceivedMail:
     received_at: float
     message: EmailMessage
 
-    @property
-    def subject(self) -> str:
-        return str(self.message["Subject"] or "")
-
-    @property
-    def to(self) -> str:
-        return str(self.message["To"] or "")
-
-    @property
-    def sender(self) -> str:
-        return str(self.message["From"] or "")
-
-    @property
-    def message_id(self) -> str:
-        return str(self.message["Message-ID"] or "")
+    subject = header("Subject")
+    to = header("To")
+    sender = header("From")
+    message_id = header("Message-ID")
 
     @property
     def body(self) -> str:

@@ -143,15 +143,18 @@ def test_flask_cli_serves_the_app_on_loopback(inbox) -> None:
         assert "Debug mode: off" in server.log_text()
 
 
-@needs_rabbitmq
 def test_broker_choice_falls_back_to_embedded_only_when_not_configured() -> None:
     closed = f"pyamqp://guest@127.0.0.1:{free_port()}//"
     url, banner = choose({"MAILASYNC_SETTINGS_FILE": os.devnull}, url=closed)
     assert url == EMBEDDED_BROKER_URL and "EMBEDDED" in banner
     with pytest.raises(SystemExit, match="rabbitmq-server"):
         choose({"MAILASYNC_SETTINGS_FILE": os.devnull, "CELERY_BROKER_URL": closed})
-    url, _ = choose({"MAILASYNC_SETTINGS_FILE": os.devnull})
-    assert url.startswith("pyamqp://")
+
+
+@needs_rabbitmq
+def test_broker_choice_takes_rabbitmq_when_it_answers() -> None:
+    url, banner = choose({"MAILASYNC_SETTINGS_FILE": os.devnull})
+    assert url.startswith("pyamqp://") and "RabbitMQ" in banner
 
 
 def test_embedded_broker_carries_a_mail_end_to_end(inbox, mailbox, queue_name, tmp_path) -> None:

@@ -23,6 +23,7 @@ import email
 import email.policy
 import os
 import signal
+import ssl
 import tempfile
 import threading
 import time
@@ -153,16 +154,30 @@ class InboxHandler:
 
 
 class PasswordAuthenticator:
-    """Accept exactly one user name and password (for authentication drills)."""
+    """Accept exactly one user name and password (for authentication drills).
+
+    `attempts` counts the logins the server was shown, right or wrong: a drill
+    with an untrusted certificate checks that it stays 0.
+    """
 
     def __init__(self, password: str) -> None:
         self.password = password
+        self.attempts = 0
 
     def __call__(
         self, server: Any, session: Session, envelope: Envelope, mechanism: str, data: Any
     ) -> AuthResult:
+        self.attempts += 1
+        print(f"inbox: login attempt {self.attempts} ({mechanism})", flush=True)
         ok = isinstance(data, LoginPassword) and data.password.decode() == self.password
         return AuthResult(success=ok, handled=False)
+
+
+def server_tls_context(cert: str | os.PathLike[str], key: str | os.PathLike[str]) -> ssl.SSLContext:
+    """A server-side TLS context from a certificate chain and its key (PEM files)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
 
 
 def make_controller(
@@ -170,21 +185,31 @@ def make_controller(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     password: str | None = None,
+    tls: ssl.SSLContext | None = None,
+    tls_mode: str = "ssl",
 ) -> Controller:
-    """An unstarted aiosmtpd Controller serving the inbox on host:port."""
+    """An unstarted aiosmtpd Controller serving the inbox on host:port.
+
+    With `tls`, the inbox speaks TLS from the first byte (``tls_mode="ssl"``, as on
+    port 465) or requires STARTTLS before anything else (``"starttls"``, as on 587).
+    """
     options: dict[str, Any] = {}
     if password is not None:
         options = {
             "authenticator": PasswordAuthenticator(password),
             "auth_required": True,
-            "auth_require_tls": False,
+            # aiosmtpd counts only STARTTLS as TLS; implicit TLS is encrypted from the start.
+            "auth_require_tls": tls is not None and tls_mode == "starttls",
         }
+    if tls is not None and tls_mode == "starttls":
+        options |= {"tls_context": tls, "require_starttls": True}
     return Controller(
         InboxHandler(Path(folder)),
         hostname=host,
         port=port,
         data_size_limit=1024 * 1024,
         server_hostname="mailasync-inbox",
+        ssl_context=tls if tls_mode == "ssl" else None,
         **options,
     )
 
@@ -195,9 +220,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--dir", default="inbox", help="folder for the .eml files")
     parser.add_argument("--password", default=None, help="require SMTP AUTH with this password")
+    parser.add_argument("--tls-cert", default=None, help="serve TLS with this certificate (PEM)")
+    parser.add_argument("--tls-key", default=None, help="the certificate's private key (PEM)")
+    parser.add_argument("--tls", choices=("ssl", "starttls"), default="ssl", help="how TLS starts")
     args = parser.parse_args(argv)
 
-    controller = make_controller(args.dir, args.host, args.port, args.password)
+    tls = server_tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    controller = make_controller(args.dir, args.host, args.port, args.password, tls, args.tls)
     controller.start()
     print(
         f"inbox: listening on {args.host}:{args.port}, storing mail in {Path(args.dir).resolve()}",

@@ -13,6 +13,7 @@ import html
 import logging
 import queue
 import smtplib
+import ssl
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,9 +34,24 @@ class PermanentMailError(Exception):
     """The server refused the mail for good (bad login, 5xx): do not retry."""
 
 
+SECURITY_HINT = (
+    "check MAIL_SECURITY: ssl for a server that speaks TLS at once (port 465), "
+    "starttls for one that upgrades a plain connection (port 587)"
+)
+
+
 def classify(error: Exception) -> Exception:
     """Wrap an SMTP or socket error as TransientMailError or PermanentMailError."""
-    if isinstance(error, smtplib.SMTPAuthenticationError):
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return PermanentMailError(
+            f"the mail server's certificate is not trusted ({error.verify_message}); the "
+            "password was not sent. Check MAIL_HOST, or trust its CA with SSL_CERT_FILE"
+        )
+    if isinstance(error, ssl.SSLError):
+        return PermanentMailError(f"TLS with the mail server failed ({error}); {SECURITY_HINT}")
+    if isinstance(error, smtplib.SMTPNotSupportedError):
+        return PermanentMailError(f"the mail server does not offer it ({error}); {SECURITY_HINT}")
+    if isinstance(error, smtplib.SMTPAuthenticationError) and error.smtp_code >= 500:
         return PermanentMailError(
             f"SMTP login refused ({error.smtp_code}): check MAIL_USERNAME and MAIL_PASSWORD"
         )
@@ -94,17 +110,25 @@ class Mailer:
         self._slots = threading.BoundedSemaphore(settings.MAIL_MAX_CONNECTIONS)
 
     def connect(self) -> yagmail.SMTP:
-        """Open and log in one new connection."""
+        """Open and log in one new connection, TLS verified before the password goes out.
+
+        smtplib checks no certificate unless given a context; the default one
+        checks the chain against the system's CA store (or SSL_CERT_FILE) and
+        the host name against MAIL_HOST.
+        """
         s = self.settings
+        context = ssl.create_default_context()
+        tls = {"context": context} if s.MAIL_SECURITY == "ssl" else {}
         client = yagmail.SMTP(
             user=s.MAIL_USERNAME,
             password=s.MAIL_PASSWORD or None,
             host=s.MAIL_HOST,
             port=s.MAIL_PORT,
             smtp_ssl=s.MAIL_SECURITY == "ssl",
-            smtp_starttls=s.MAIL_SECURITY == "starttls",
+            smtp_starttls={"context": context} if s.MAIL_SECURITY == "starttls" else False,
             smtp_skip_login=not s.MAIL_PASSWORD,
             timeout=s.MAIL_TIMEOUT,
+            **tls,  # passed on to smtplib.SMTP_SSL
         )
         client.login()
         return client

@@ -165,9 +165,17 @@ class Background:
 
 
 def start_inbox(
-    folder: str | os.PathLike[str], port: int | None = None, password: str | None = None
+    folder: str | os.PathLike[str],
+    port: int | None = None,
+    password: str | None = None,
+    tls_pem: str | os.PathLike[str] | None = None,
+    tls_mode: str = "ssl",
 ) -> Background:
-    """Start the local inbox (python -m kit.inbox) on a free port; `env` points the mailer there."""
+    """Start the local inbox (python -m kit.inbox) on a free port; `env` points the mailer there.
+
+    With `tls_pem` (a key and certificate chain in one PEM file) it serves TLS,
+    from the first byte (``tls_mode="ssl"``) or after STARTTLS.
+    """
     port = port or free_port()
     argv = [
         sys.executable,
@@ -182,8 +190,11 @@ def start_inbox(
     ]
     if password is not None:
         argv += ["--password", password]
+    if tls_pem is not None:
+        argv += ["--tls-cert", str(tls_pem), "--tls-key", str(tls_pem), "--tls", tls_mode]
     inbox = Background("inbox", argv, port=port)
-    inbox.env = {"MAIL_HOST": "127.0.0.1", "MAIL_PORT": str(port), "MAIL_SECURITY": "none"}
+    security = tls_mode if tls_pem is not None else "none"
+    inbox.env = {"MAIL_HOST": "127.0.0.1", "MAIL_PORT": str(port), "MAIL_SECURITY": security}
     inbox.start().wait_for_port()
     return inbox
 

@@ -162,6 +162,11 @@ def check(settings: Settings) -> None:
         )
     if settings.uses_local_inbox:
         return
+    if settings.MAIL_PASSWORD and settings.MAIL_SECURITY == "none":
+        raise SettingsError(
+            f"MAIL_SECURITY=none would send MAIL_PASSWORD unencrypted to {settings.MAIL_HOST}: "
+            "use ssl (port 465) or starttls (port 587); none is only for a server on this machine."
+        )
     if not settings.MAIL_PASSWORD or is_placeholder(settings.MAIL_PASSWORD):
         raise SettingsError(
             f"MAIL_PASSWORD is not set for {settings.MAIL_HOST}: put an app password in "

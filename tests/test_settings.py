@@ -95,6 +95,8 @@ def test_password_is_never_in_repr_or_errors(tmp_path: Path) -> None:
     settings = load_settings(
         {
             "MAIL_HOST": "smtp.gmail.com",
+            "MAIL_PORT": "465",
+            "MAIL_SECURITY": "ssl",
             "MAIL_USERNAME": "me@gmail.com",
             "MAIL_PASSWORD": secret,
             "CELERY_BROKER_URL": f"pyamqp://user:{secret}@broker//",

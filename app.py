@@ -35,6 +35,10 @@ from mailasync import send_now, sendMail
 settings = load_settings()
 app = Flask(__name__)
 app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+# Loopback names only, so a web page cannot reach the app through DNS rebinding.
+# Behind a proxy, set FLASK_TRUSTED_HOSTS='["mail.example.org"]' (any FLASK_* overrides).
+app.config["TRUSTED_HOSTS"] = ["127.0.0.1", "localhost", "[::1]"]
+app.config.from_prefixed_env()
 answer_errors_as_json(app)
 
 

@@ -19,7 +19,14 @@ from typing import Any
 
 from kombu import Connection
 
-from kit.settings import STATE_DIR, Settings, SettingsError, load_settings, mask_url
+from kit.settings import (
+    STATE_DIR,
+    Settings,
+    SettingsError,
+    load_settings,
+    mask_url,
+    private_folder,
+)
 
 EMBEDDED_BROKER_URL = "filesystem://"
 EMBEDDED_BROKER_DIR = STATE_DIR / "broker"
@@ -38,7 +45,7 @@ def embedded_transport_options(folder: Path = EMBEDDED_BROKER_DIR) -> dict[str, 
     """kombu filesystem transport options: message and control folders inside the project."""
     queue_dir, control_dir = folder / "queue", folder / "control"
     for path in (queue_dir, control_dir):
-        path.mkdir(parents=True, exist_ok=True)
+        private_folder(path)
     return {
         "data_folder_in": str(queue_dir),
         "data_folder_out": str(queue_dir),

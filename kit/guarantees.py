@@ -14,7 +14,7 @@ from celery.signals import celeryd_init, worker_process_shutdown
 
 from kit.broker import embedded_transport_options, is_embedded
 from kit.mailer import Mailer
-from kit.settings import Settings
+from kit.settings import Settings, private_folder
 from kit.tracking import backend_url
 
 
@@ -81,9 +81,7 @@ def tracked(app: Celery, settings: Settings) -> None:
     # environment would get Celery's non-atomic file backend.
     app.backend_cls = backend_url(settings.CELERY_RESULT_BACKEND)
     if settings.CELERY_RESULT_BACKEND.startswith("file://"):
-        Path(settings.CELERY_RESULT_BACKEND.removeprefix("file://")).mkdir(
-            parents=True, exist_ok=True
-        )
+        private_folder(Path(settings.CELERY_RESULT_BACKEND.removeprefix("file://")))
 
 
 def on_the_kits_queue(app: Celery, settings: Settings) -> None:

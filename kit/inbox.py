@@ -38,6 +38,8 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
+from kit.settings import private_folder
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8025
 # AUTH without TLS is what the --password drill is for, and it stays on loopback.
@@ -132,7 +134,7 @@ class InboxHandler:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.folder.mkdir(parents=True, exist_ok=True)
+        private_folder(self.folder)
 
     async def handle_RCPT(  # noqa: N802 (aiosmtpd hook name)
         self, server: Any, session: Session, envelope: Envelope, address: str, options: list

@@ -50,16 +50,21 @@ def classify(error: Exception) -> Exception:
     if isinstance(error, ssl.SSLError):
         return PermanentMailError(f"TLS with the mail server failed ({error}); {SECURITY_HINT}")
     if isinstance(error, smtplib.SMTPNotSupportedError):
-        return PermanentMailError(f"the mail server does not offer it ({error}); {SECURITY_HINT}")
+        hint = (
+            SECURITY_HINT
+            if "STARTTLS" in str(error) or "AUTH" in str(error)
+            else ("set MAIL_SMTPUTF8=false, so that addresses it cannot take are refused up front")
+        )
+        return PermanentMailError(f"the mail server does not offer it ({error}); {hint}")
     if isinstance(error, smtplib.SMTPAuthenticationError) and error.smtp_code >= 500:
         return PermanentMailError(
             f"SMTP login refused ({error.smtp_code}): check MAIL_USERNAME and MAIL_PASSWORD"
         )
     if isinstance(error, smtplib.SMTPRecipientsRefused):
+        # The reply, not the address: errors end up in worker logs and task results.
         codes = [code for code, _ in error.recipients.values()]
         reason = "; ".join(
-            f"{addr}: {code} {msg.decode(errors='replace')}"
-            for addr, (code, msg) in error.recipients.items()
+            f"{code} {msg.decode(errors='replace')}" for code, msg in error.recipients.values()
         )
         kind = TransientMailError if all(400 <= c < 500 for c in codes) else PermanentMailError
         return kind(f"recipient refused: {reason}")
@@ -166,7 +171,9 @@ class Mailer:
     def _send_once(self, to: str, subject: str, contents: str, message_id: str) -> None:
         with self.connection() as client:
             recipients, message = build_message(client, to, subject, contents, message_id)
-            client.smtp.sendmail(client.user, recipients, message)
+            # A non-ASCII local part can only travel where the server offers SMTPUTF8.
+            options = [] if to.isascii() else ["SMTPUTF8"]
+            client.smtp.sendmail(client.user, recipients, message, mail_options=options)
 
     def close(self) -> None:
         """Close every idle connection."""

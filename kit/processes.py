@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from kit.settings import ROOT
+from kit.settings import ROOT, private_folder
 
 LOG_DIR = ROOT / ".mailasync" / "logs"
 PR_SET_PDEATHSIG = 1
@@ -88,7 +88,7 @@ class Background:
         return self.process.pid
 
     def start(self) -> Background:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(self.log_path.parent)
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
             self.argv,

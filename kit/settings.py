@@ -8,10 +8,10 @@ environment variable of the same name wins over both.
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import ipaddress
 import os
+import runpy
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -48,6 +48,7 @@ class Settings:
     PUBLISH_TIMEOUT: float = 1.0
     MAX_SUBJECT_LENGTH: int = 200
     MAX_BODY_LENGTH: int = 10_000
+    MAIL_SMTPUTF8: bool = False
 
     def __repr__(self) -> str:
         shown = []
@@ -97,19 +98,44 @@ def is_placeholder(value: str) -> bool:
 
 
 def read_settings_file(path: Path) -> dict[str, Any]:
-    """Return the upper-case names defined in a default_settings.py, or {} if absent."""
+    """Return the upper-case names defined in a default_settings.py, or {} if absent.
+
+    The file holds a password, so it must be private to its owner, and it is run
+    without an import: an import would leave a .pyc copy of the password behind
+    in __pycache__, there even after the file is deleted.
+    """
     if not path.is_file():
         return {}
-    loader = importlib.machinery.SourceFileLoader("default_settings", str(path))
-    spec = importlib.util.spec_from_loader("default_settings", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return {name: getattr(module, name) for name in dir(module) if name.isupper()}
+    mode = path.stat().st_mode
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise SettingsError(
+            f"{path.name} can be read by other users (mode {stat.filemode(mode)}) and may hold "
+            f"your mail password: make it private with  chmod 600 {path}"
+        )
+    defined = runpy.run_path(str(path), run_name="default_settings")
+    return {name: value for name, value in defined.items() if name.isupper()}
+
+
+def private_folder(path: Path) -> Path:
+    """Create `path` (and its parents) readable by its owner only; logs and mail go there."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+TRUE_WORDS = {"1", "true", "yes", "on"}
+FALSE_WORDS = {"0", "false", "no", "off", ""}
 
 
 def convert(name: str, raw: Any, kind: type) -> Any:
     """Turn a raw setting into the field's type, or say which setting is wrong."""
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        word = str(raw).strip().lower()
+        if word in TRUE_WORDS | FALSE_WORDS:
+            return word in TRUE_WORDS
+        raise SettingsError(f"{name}={raw!r}: use true or false (1/0, yes/no, on/off).")
     if isinstance(raw, kind) and not isinstance(raw, bool):
         return raw
     try:

@@ -42,8 +42,15 @@ class Mail:
         return {"to": self.to, "subject": self.subject, "body": self.body}
 
 
-def validate_mail(data: Any, max_subject: int = 200, max_body: int = 10_000) -> Mail:
-    """Return a Mail built from `data`, or raise InvalidMail saying what is wrong."""
+def validate_mail(
+    data: Any, max_subject: int = 200, max_body: int = 10_000, smtputf8: bool = False
+) -> Mail:
+    """Return a Mail built from `data`, or raise InvalidMail saying what is wrong.
+
+    `smtputf8`: the mail server accepts SMTPUTF8, so a local part (before the @)
+    may hold non-ASCII letters; without it such an address is refused here,
+    before the 202, since the send could only fail later.
+    """
     if not isinstance(data, dict):
         raise InvalidMail('send a JSON object such as {"to": ..., "subject": ..., "body": ...}')
     missing = [name for name in FIELDS if name not in data]
@@ -69,21 +76,27 @@ def validate_mail(data: Any, max_subject: int = 200, max_body: int = 10_000) -> 
         raise InvalidMail(f"'subject' is {len(subject)} characters; the limit is {max_subject}")
     if len(body) > max_body:
         raise InvalidMail(f"'body' is {len(body)} characters; the limit is {max_body}")
-    return Mail(to=validate_address(to), subject=subject, body=body)
+    return Mail(to=validate_address(to, smtputf8), subject=subject, body=body)
 
 
 def check_mail(data: Any, settings: Settings) -> Mail:
     """Check a mail against the limits in `settings`: the one check the app and the task share."""
-    return validate_mail(data, settings.MAX_SUBJECT_LENGTH, settings.MAX_BODY_LENGTH)
+    return validate_mail(
+        data, settings.MAX_SUBJECT_LENGTH, settings.MAX_BODY_LENGTH, settings.MAIL_SMTPUTF8
+    )
 
 
-def validate_address(to: str) -> str:
-    """Return the normalized form of exactly one valid address."""
+def validate_address(to: str, smtputf8: bool = False) -> str:
+    """Return exactly one valid address, its domain in ASCII (an IDN as punycode)."""
     if len(to) > MAX_ADDRESS_LENGTH:
         raise InvalidMail(f"'to' is longer than {MAX_ADDRESS_LENGTH} characters")
     if "," in to or ";" in to:
         raise InvalidMail("'to' must be exactly one address, not a list")
     try:
-        return validate_email(to.strip(), check_deliverability=False).normalized
+        address = validate_email(to.strip(), check_deliverability=False, allow_smtputf8=smtputf8)
     except EmailNotValidError as error:
-        raise InvalidMail(f"'to' is not a valid address: {error}") from None
+        message = f"'to' is not a valid address: {error}"
+        if not smtputf8 and not to.split("@")[0].isascii():
+            message += " (set MAIL_SMTPUTF8=true if your mail server accepts SMTPUTF8)"
+        raise InvalidMail(message) from None
+    return address.ascii_email or address.normalized

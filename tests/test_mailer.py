@@ -8,6 +8,7 @@ from kit.inbox import Inbox, make_controller
 from kit.mailer import Mailer, PermanentMailError, TransientMailError
 from kit.processes import free_port
 from kit.settings import Settings
+from kit.validation import check_mail
 
 MAIL = {"to": "learner@example.com", "subject": "Hi", "contents": "/etc/passwd"}
 
@@ -95,3 +96,15 @@ def test_markup_in_the_body_is_escaped_in_the_html_part(server, port: int, tmp_p
     html_text = html_part.get_content()
     assert "<script>" not in html_text and "<a href" not in html_text
     assert "&lt;script&gt;" in html_text and "&amp;" in html_text and "<br>" in html_text
+
+
+def test_internationalised_addresses_reach_the_inbox(server, port: int, tmp_path: Path) -> None:
+    """Through check_mail, as the task does: an IDN domain as punycode, SMTPUTF8 when allowed."""
+    settings = Settings(MAIL_PORT=port, MAIL_TIMEOUT=5, MAIL_SMTPUTF8=True)
+    mailer = Mailer(settings)
+    for number, to in enumerate(("learner@bücher.example", "usér@example.com")):
+        mail = check_mail({"to": to, "subject": "IDN", "body": "b"}, settings)
+        mailer.send(mail.to, mail.subject, mail.body, message_id=f"<idn{number}@test>")
+    received = Inbox(tmp_path / "mail").wait_for(2, timeout=10)
+    assert [m.message_id for m in received] == ["<idn0@test>", "<idn1@test>"]
+    mailer.close()

@@ -156,7 +156,9 @@ def test_the_smtp_password_never_reaches_logs_or_task_status(
         health = requests.get(f"{web.url}/health", timeout=10).text
         for text in (worker.log_text(), web.log_text(), status, health):
             assert PASSWORD not in text
+            assert GOOD["to"] not in text  # nor the recipient: logs are no place for addresses
         assert "mailasync.sendMail" in worker.log_text()  # the log we searched is the real one
+        assert "succeeded" in worker.log_text()
     finally:
         web.stop()
         locked.stop()
@@ -169,3 +171,31 @@ def test_the_app_listens_on_loopback_only_with_debug_off(web) -> None:
     assert "Debug mode: off" in web.log_text()
     response = requests.get(f"{web.url}/console", timeout=10)  # Werkzeug's debugger console
     assert response.status_code == 404 and response.headers["Content-Type"] == "application/json"
+
+
+@pytest.mark.integration
+def test_another_host_name_is_refused_so_dns_rebinding_cannot_reach_the_app(web) -> None:
+    """A page on evil.example whose name now points at 127.0.0.1 sends Host: evil.example."""
+    rebound = requests.get(f"{web.url}/health", headers={"Host": "evil.example"}, timeout=10)
+    assert rebound.status_code == 400
+    for name in ("127.0.0.1", "localhost"):
+        own = requests.get(f"{web.url}/health", headers={"Host": f"{name}:{web.port}"}, timeout=10)
+        assert own.status_code in (200, 503), (name, own.text)
+
+
+@pytest.mark.integration
+def test_logs_results_mail_and_the_embedded_broker_are_private(
+    web, start_worker, mailbox, tmp_path: Path
+) -> None:
+    from kit.broker import embedded_transport_options
+
+    start_worker()
+    requests.post(f"{web.url}/send", json=GOOD, timeout=10)
+    mailbox.wait_for(1, timeout=30)
+    results = Path(os.environ["CELERY_RESULT_BACKEND"].removeprefix("file://"))
+    folders = [web.log_path.parent, results, mailbox.folder]
+    folders += [
+        Path(folder) for folder in embedded_transport_options().values() if "/" in str(folder)
+    ]
+    for folder in folders:
+        assert folder.stat().st_mode & 0o777 == 0o700, folder

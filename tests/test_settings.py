@@ -10,8 +10,10 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "default_settings.py.example"
 
 
 def write_settings(tmp_path: Path, text: str) -> Path:
+    """A default_settings.py made as the README says: private to its owner."""
     path = tmp_path / "default_settings.py"
     path.write_text(text)
+    path.chmod(0o600)
     return path
 
 
@@ -44,7 +46,7 @@ def test_settings_file_path_can_come_from_the_environment(tmp_path: Path) -> Non
 
 
 def test_example_file_is_valid_and_changes_nothing(tmp_path: Path) -> None:
-    assert load_settings({}, EXAMPLE) == Settings()
+    assert load_settings({}, write_settings(tmp_path, EXAMPLE.read_text())) == Settings()
 
 
 def test_filled_in_gmail_block_is_accepted(tmp_path: Path) -> None:
@@ -116,3 +118,22 @@ def test_mask_url_hides_only_the_password() -> None:
     assert mask_url("amqp://u:pw@host:5672/v") == "amqp://u:***@host:5672/v"
     assert mask_url("pyamqp://guest@localhost//") == "pyamqp://guest@localhost//"
     assert mask_url("filesystem://") == "filesystem://"
+
+
+def test_a_settings_file_others_can_read_is_refused_with_the_chmod(tmp_path: Path) -> None:
+    path = tmp_path / "default_settings.py"
+    path.write_text("MAIL_USERNAME = 'me@example.org'\n")
+    path.chmod(0o644)
+    with pytest.raises(SettingsError, match=f"chmod 600 {path}"):
+        load_settings({}, path)
+    path.chmod(0o600)
+    assert load_settings({}, path).MAIL_USERNAME == "me@example.org"
+
+
+def test_reading_the_settings_file_leaves_no_bytecode_copy(tmp_path: Path) -> None:
+    path = tmp_path / "default_settings.py"
+    path.write_text("MAIL_USERNAME = 'me@example.org'\n")
+    path.chmod(0o600)
+    load_settings({}, path)
+    assert not (tmp_path / "__pycache__").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["default_settings.py"]

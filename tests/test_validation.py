@@ -81,3 +81,17 @@ def test_the_character_classes_are_exactly_unicodes_categories() -> None:
         assert bool(LONE_SURROGATE.match(char)) == (category == "Cs"), hex(code)
         assert bool(LINE_BREAK_OR_CONTROL.match(char)) == breaks, hex(code)
         assert bool(CONTROL_IN_BODY.match(char)) == (breaks and char not in "\t\r\n"), hex(code)
+
+
+def test_an_internationalised_domain_is_sent_in_ascii() -> None:
+    assert validate_mail({**GOOD, "to": "learner@bücher.example"}).to == (
+        "learner@xn--bcher-kva.example"
+    )
+
+
+def test_a_non_ascii_local_part_is_refused_unless_the_server_takes_smtputf8() -> None:
+    with pytest.raises(InvalidMail, match="MAIL_SMTPUTF8=true"):
+        validate_mail({**GOOD, "to": "usér@example.com"})
+    assert validate_mail({**GOOD, "to": "usér@example.com"}, smtputf8=True).to == (
+        "usér@example.com"
+    )

@@ -13,7 +13,10 @@ and read the folder from Python:
 
 For fault drills it refuses some recipients on purpose: a local part starting
 with ``reject`` gets a permanent 550, one starting with ``tempfail`` a
-temporary 451. With ``--password`` it requires SMTP AUTH (PLAIN or LOGIN).
+temporary 451, and for one starting with ``drop-after-data`` the message is
+stored but the connection closed before the reply. With ``--password`` it
+requires SMTP AUTH (PLAIN or LOGIN); with ``--tls-cert`` and ``--tls-key`` it
+serves TLS (``--tls ssl`` or ``starttls``).
 """
 
 from __future__ import annotations
@@ -152,6 +155,8 @@ class InboxHandler:
     ) -> str:
         content = envelope.original_content or b""
         store(self.folder, content)
+        if any(rcpt.lower().startswith("drop-after-data") for rcpt in envelope.rcpt_tos):
+            server.transport.close()  # stored, but the sender never hears so: outcome unknown
         return "250 Message accepted for delivery"
 
 

@@ -30,6 +30,14 @@ class TransientMailError(Exception):
     """The server could not take the mail now (refused, timed out, 4xx): retry later."""
 
 
+class OutcomeUnknownMailError(TransientMailError):
+    """The connection broke after the message went out: the server may or may not have it.
+
+    Resending at once could send it twice; the task retries it later with the
+    same Message-ID, so a receiver can tell the copies apart.
+    """
+
+
 class PermanentMailError(Exception):
     """The server refused the mail for good (bad login, 5xx): do not retry."""
 
@@ -42,6 +50,8 @@ SECURITY_HINT = (
 
 def classify(error: Exception) -> Exception:
     """Wrap an SMTP or socket error as TransientMailError or PermanentMailError."""
+    if isinstance(error, TransientMailError | PermanentMailError):
+        return error
     if isinstance(error, ssl.SSLCertVerificationError):
         return PermanentMailError(
             f"the mail server's certificate is not trusted ({error.verify_message}); the "
@@ -106,15 +116,42 @@ def build_message(
     return recipients, message.replace(yagmail_plain, charset.body_encode(body), 1)
 
 
+class TracksData:
+    """An smtplib connection that remembers whether a message's data started going out."""
+
+    data_started = False
+
+    def data(self, msg: bytes | str) -> tuple[int, bytes]:
+        self.data_started = True  # from the DATA command on, the server may end up with the mail
+        return super().data(msg)  # type: ignore[misc]
+
+
+class TrackedSMTP(TracksData, smtplib.SMTP):
+    pass
+
+
+class TrackedSMTPSSL(TracksData, smtplib.SMTP_SSL):
+    pass
+
+
+class Client(yagmail.SMTP):
+    """yagmail's client on connections that tell a failure before the data from one after."""
+
+    @property
+    def connection(self) -> type[smtplib.SMTP]:
+        return TrackedSMTPSSL if self.ssl else TrackedSMTP
+
+
 class Mailer:
     """A pool of at most MAIL_MAX_CONNECTIONS open yagmail clients, safe across threads."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._idle: queue.LifoQueue[yagmail.SMTP] = queue.LifoQueue()
+        self._idle: queue.LifoQueue[Client] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(settings.MAIL_MAX_CONNECTIONS)
+        self.unknown_outcomes = 0  # sends whose connection broke after the data went out
 
-    def connect(self) -> yagmail.SMTP:
+    def connect(self) -> Client:
         """Open and log in one new connection, TLS verified before the password goes out.
 
         smtplib checks no certificate unless given a context; the default one
@@ -124,7 +161,7 @@ class Mailer:
         s = self.settings
         context = ssl.create_default_context()
         tls = {"context": context} if s.MAIL_SECURITY == "ssl" else {}
-        client = yagmail.SMTP(
+        client = Client(
             user=s.MAIL_USERNAME,
             password=s.MAIL_PASSWORD or None,
             host=s.MAIL_HOST,
@@ -139,7 +176,7 @@ class Mailer:
         return client
 
     @contextmanager
-    def connection(self) -> Iterator[yagmail.SMTP]:
+    def connection(self) -> Iterator[Client]:
         """Lend an open client, idle or new; one that fails is closed, not returned."""
         with self._slots:
             try:
@@ -163,7 +200,8 @@ class Mailer:
             try:
                 self._send_once(to, subject, contents, message_id)
             except smtplib.SMTPServerDisconnected:
-                # A pooled connection the server closed while idle: one fresh try.
+                # A pooled connection the server closed while idle fails at MAIL FROM,
+                # before any of the message went out: one fresh try is safe.
                 self._send_once(to, subject, contents, message_id)
         except (smtplib.SMTPException, OSError) as error:
             raise classify(error) from error
@@ -173,7 +211,25 @@ class Mailer:
             recipients, message = build_message(client, to, subject, contents, message_id)
             # A non-ASCII local part can only travel where the server offers SMTPUTF8.
             options = [] if to.isascii() else ["SMTPUTF8"]
-            client.smtp.sendmail(client.user, recipients, message, mail_options=options)
+            smtp = client.smtp
+            smtp.data_started = False
+            try:
+                smtp.sendmail(client.user, recipients, message, mail_options=options)
+            except (smtplib.SMTPServerDisconnected, OSError) as error:
+                if not smtp.data_started:
+                    raise
+                self.unknown_outcomes += 1
+                log.warning(
+                    "send %s: outcome unknown (%r) after the data went out; not resent now "
+                    "(%d so far in this process)",
+                    message_id,
+                    error,
+                    self.unknown_outcomes,
+                )
+                raise OutcomeUnknownMailError(
+                    f"the connection broke after the mail went out ({error!r}): the server may "
+                    f"have it; retried later with the same Message-ID {message_id}"
+                ) from error
 
     def close(self) -> None:
         """Close every idle connection."""

@@ -1,11 +1,12 @@
 """Mailer: yagmail over reused SMTP connections, and failures sorted into two kinds."""
 
+import time
 from pathlib import Path
 
 import pytest
 
 from kit.inbox import Inbox, make_controller
-from kit.mailer import Mailer, PermanentMailError, TransientMailError
+from kit.mailer import Mailer, OutcomeUnknownMailError, PermanentMailError, TransientMailError
 from kit.processes import free_port
 from kit.settings import Settings
 from kit.validation import check_mail
@@ -107,4 +108,20 @@ def test_internationalised_addresses_reach_the_inbox(server, port: int, tmp_path
         mailer.send(mail.to, mail.subject, mail.body, message_id=f"<idn{number}@test>")
     received = Inbox(tmp_path / "mail").wait_for(2, timeout=10)
     assert [m.message_id for m in received] == ["<idn0@test>", "<idn1@test>"]
+    mailer.close()
+
+
+def test_a_connection_lost_after_the_data_is_not_resent_at_once(
+    server, port: int, tmp_path: Path
+) -> None:
+    """The server stored the mail but the reply never came: resending now would send it twice."""
+    mailer = mailer_for(port)
+    with pytest.raises(OutcomeUnknownMailError, match="same Message-ID <drop@test>"):
+        mailer.send("drop-after-data@example.com", "s", "b", message_id="<drop@test>")
+    time.sleep(0.5)  # would a second copy arrive?
+    assert [m.message_id for m in Inbox(tmp_path / "mail").messages()] == ["<drop@test>"]
+    assert mailer.unknown_outcomes == 1
+    assert isinstance(OutcomeUnknownMailError("x"), TransientMailError)  # the task retries it
+    mailer.send(**MAIL, message_id="<next@test>")  # the pool recovers with a new connection
+    assert Inbox(tmp_path / "mail").count() == 2
     mailer.close()

@@ -27,7 +27,7 @@ from celery import Celery, Task
 from kit import guarantees
 from kit.mailer import Mailer, TransientMailError
 from kit.settings import load_settings
-from kit.tracking import SentLedger
+from kit.tracking import AlreadySent, ClaimBusy, SentLedger
 from kit.validation import check_mail
 from kit.work import backoff, do_the_work
 
@@ -42,7 +42,9 @@ guarantees.on_the_kits_queue(app, settings)  # CELERY_QUEUE, and the embedded br
 
 yag = Mailer(settings)  # yagmail clients kept logged in; failures sorted into retry or give up
 guarantees.close_at_worker_exit(yag)
-ledger = SentLedger(app)  # which mails went out, so a redelivered task sends nothing
+# Which mails went out and which run may send now, so that no mail goes out twice;
+# a claim outlives any send, whose every step MAIL_TIMEOUT bounds.
+ledger = SentLedger(app, lease=6 * settings.MAIL_TIMEOUT)
 
 
 @app.task(bind=True, base=guarantees.MailTask, name="mailasync.sendMail")
@@ -55,15 +57,17 @@ def sendMail(self: Task, data: dict[str, Any], work_done: bool = False) -> dict[
     if not work_done:  # a retried send does not redo the work
         do_the_work(self, settings.WORK_SECONDS)
     try:
-        yag.send(to=mail.to, subject=mail.subject, contents=mail.body, message_id=message_id)
-    except TransientMailError as error:  # the server cannot take it now: wait, then send again
+        with ledger.sending(self.request.id):  # one run at a time sends it; marked sent after
+            yag.send(to=mail.to, subject=mail.subject, contents=mail.body, message_id=message_id)
+    except AlreadySent:  # another run sent it while this one worked
+        return {"message_id": message_id, "duplicate": True}
+    except (TransientMailError, ClaimBusy) as error:  # it cannot go now: wait, then try again
         raise self.retry(
             exc=error,
             countdown=backoff(self.request.retries, settings),
             max_retries=settings.MAIL_RETRY_MAX,
             kwargs={"work_done": True},
         ) from error
-    ledger.record(self.request.id)
     # No recipient in the result: the worker logs it, and logs are no place for addresses.
     return {"message_id": message_id, "sent_at": datetime.now(UTC).isoformat()}
 

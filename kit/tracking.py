@@ -9,8 +9,14 @@ temporary file and renames it.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
@@ -21,6 +27,10 @@ from kombu.utils.encoding import ensure_bytes
 
 ATOMIC_FILE_BACKEND = "kit.tracking:AtomicFilesystemBackend"
 SENT_KEY_PREFIX = b"mailasync-sent-"
+CLAIM_KEY_PREFIX = b"mailasync-claim-"
+RELEASED = b"released"
+
+log = logging.getLogger(__name__)
 
 
 class AtomicFilesystemBackend(FilesystemBackend):
@@ -39,6 +49,24 @@ class AtomicFilesystemBackend(FilesystemBackend):
             out.write(ensure_bytes(value))
         os.replace(tmp, self._filename(key))
 
+    def add(self, key: bytes, value: Any) -> bool:
+        """Store `value` under `key` only if the key is absent; True if this call stored it.
+
+        The file is written whole under a temporary name, then linked into place:
+        the link fails if the name exists, so of two writers exactly one wins,
+        and no reader ever sees the file half written.
+        """
+        fd, tmp = tempfile.mkstemp(dir=self.path, prefix=b".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(ensure_bytes(value))
+            os.link(tmp, self._filename(key))
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        return True
+
 
 def backend_url(url: str) -> str:
     """Route file:// result URLs to the atomic backend; leave the others alone."""
@@ -47,16 +75,60 @@ def backend_url(url: str) -> str:
     return url
 
 
-class SentLedger:
-    """Which idempotency keys already had their mail sent, kept in the result backend.
+class ClaimBusy(Exception):
+    """Another run of this task holds a live claim on its send: try again after the lease."""
 
-    At-least-once delivery means a task can run twice (a worker killed after
-    sending but before acknowledging). The task checks the ledger before
-    sending and records the key after, so the second run sends nothing.
+
+class AlreadySent(Exception):
+    """The mail went out in another run of this task while this one did its work."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The right to send one mail: which claim record it is, and whether it took one over."""
+
+    name: bytes
+    possible_duplicate: bool  # the run before it let its lease run out, maybe after sending
+
+
+class SentLedger:
+    """Which idempotency keys had their mail sent, and who may send now, in the result backend.
+
+    At-least-once delivery means a task can run twice: redelivered after a worker
+    died, or twice at once when a worker that lost its broker connection keeps
+    running what the broker hands to another. The task checks ``was_sent``
+    before the work, then takes a ``claim`` right before the send: an atomic
+    add-if-absent with a lease, so two runs cannot both send. While the lease
+    is live a second run waits and retries; once it has run out without a
+    "sent" mark (its holder died mid-send), the next run takes over, knowing
+    the mail may already have gone out. ``record`` marks the key sent.
     """
 
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, lease: float = 60.0) -> None:
         self.app = app
+        self.lease = lease  # longer than any one send can take
+
+    @contextmanager
+    def sending(self, key: str) -> Iterator[Claim]:
+        """Claim `key`'s send for the block and mark it sent after; release it if the block fails.
+
+        Raises ClaimBusy if another run holds the claim, AlreadySent if the mail
+        went out before this run got it.
+        """
+        claim = self.claim(key, self.lease)
+        try:
+            if self.was_sent(key):
+                raise AlreadySent(key)
+            if claim.possible_duplicate:
+                log.warning(
+                    "send %s: taking over a claim whose lease ran out: maybe sent twice", key
+                )
+            yield claim
+        except BaseException:
+            self.release(claim)
+            raise
+        self.record(key)
+        self.release(claim)  # a later run claims at once and finds the mail sent
 
     @property
     def store(self) -> KeyValueStoreBackend:
@@ -73,6 +145,42 @@ class SentLedger:
 
     def record(self, key: str) -> None:
         self.store.set(SENT_KEY_PREFIX + ensure_bytes(key), b"1")
+
+    def claim(self, key: str, lease: float) -> Claim:
+        """Take the right to send `key`'s mail for `lease` seconds, or raise ClaimBusy.
+
+        Claims come in generations (claim-<key>-0, -1, ...), each created with an
+        atomic add-if-absent, so that taking over an ended claim is itself atomic:
+        of two runs that find generation n ended, only one creates n + 1.
+        """
+        until = f"{time.time() + lease:.3f}".encode()
+        ended_by_lease = False
+        for generation in itertools.count():
+            name = CLAIM_KEY_PREFIX + ensure_bytes(f"{key}-{generation}")
+            if self._add(name, until):
+                return Claim(name, possible_duplicate=ended_by_lease)
+            held = self.store.get(name) or RELEASED
+            if held != RELEASED and float(held) > time.time():
+                raise ClaimBusy(f"another run is sending {key} (lease until {float(held):.0f})")
+            ended_by_lease = held != RELEASED
+        raise AssertionError("unreachable")
+
+    def release(self, claim: Claim) -> None:
+        """End a claim after a send that failed, so that a retry can take the next one at once."""
+        self.store.set(claim.name, RELEASED)
+
+    def _add(self, name: bytes, value: bytes) -> bool:
+        """Add-if-absent on the backend: the file backend's link, Redis's SET NX."""
+        store = self.store
+        if isinstance(store, AtomicFilesystemBackend):
+            return store.add(name, value)
+        client = getattr(store, "client", None)
+        if client is not None and hasattr(client, "set"):  # Redis
+            return bool(client.set(name, value, nx=True))
+        raise RuntimeError(
+            f"the result backend {type(store).__name__} cannot claim a send atomically: "
+            "use CELERY_RESULT_BACKEND=file://... or redis://..."
+        )
 
 
 def task_status(result: AsyncResult) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from typing import Any
 
 from kombu import Connection
 
+import kit.embedded  # noqa: F401 (filesystem:// is the kit's transport from here on)
 from kit.settings import (
     STATE_DIR,
     Settings,

@@ -93,6 +93,11 @@ def uses_rabbitmq() -> bool:
 needs_rabbitmq = pytest.mark.skipif(
     not uses_rabbitmq(), reason="needs RabbitMQ (the embedded broker is in use)"
 )
+needs_acknowledgements = pytest.mark.skipif(
+    not uses_rabbitmq(),
+    reason="needs a broker with acknowledgements: the embedded broker loses what a killed "
+    "worker held (notebook 06 measures it)",
+)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import pytest
 import requests
 
 import rabbitnode
-from conftest import needs_rabbitmq
+from conftest import needs_acknowledgements, needs_rabbitmq
 from kit import broker
 from kit.lab import mail
 from kit.processes import Background, free_port, start_app, start_inbox
@@ -67,6 +67,7 @@ def settle_then_read(mailbox, expected: int, timeout: float = 60, settle: float 
 
 
 @pytest.mark.slow
+@needs_acknowledgements
 @pytest.mark.parametrize("pool", ["threads", "prefork"])
 def test_sigkill_mid_batch_loses_no_mail_and_sends_none_twice(
     producer, start_worker, mailbox, monkeypatch, pool: str

@@ -50,8 +50,6 @@ SECURITY_HINT = (
 
 def classify(error: Exception) -> Exception:
     """Wrap an SMTP or socket error as TransientMailError or PermanentMailError."""
-    if isinstance(error, TransientMailError | PermanentMailError):
-        return error
     if isinstance(error, ssl.SSLCertVerificationError):
         return PermanentMailError(
             f"the mail server's certificate is not trusted ({error.verify_message}); the "
@@ -109,8 +107,11 @@ def build_message(
         prettify_html=False,
         message_id=message_id,
     )
+    as_yagmail_wrote_it = escaped.replace("\n", "<br>")
+    if as_yagmail_wrote_it == body:  # no markup, no line breaks: the plain part is right
+        return recipients, message
     charset = Charset(client.encoding)
-    yagmail_plain = charset.body_encode(escaped.replace("\n", "<br>"))
+    yagmail_plain = charset.body_encode(as_yagmail_wrote_it)
     if yagmail_plain not in message:
         raise PermanentMailError("yagmail's message has no plain part where the kit expects one")
     return recipients, message.replace(yagmail_plain, charset.body_encode(body), 1)

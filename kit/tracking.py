@@ -88,6 +88,7 @@ class Claim:
     """The right to send one mail: which claim record it is, and whether it took one over."""
 
     name: bytes
+    generation: int  # 0 for the first claim on a mail
     possible_duplicate: bool  # the run before it let its lease run out, maybe after sending
 
 
@@ -117,7 +118,8 @@ class SentLedger:
         """
         claim = self.claim(key, self.lease)
         try:
-            if self.was_sent(key):
+            # Only a claim after an earlier one can follow a send; the first needs no read.
+            if claim.generation > 0 and self.was_sent(key):
                 raise AlreadySent(key)
             if claim.possible_duplicate:
                 log.warning(
@@ -128,7 +130,6 @@ class SentLedger:
             self.release(claim)
             raise
         self.record(key)
-        self.release(claim)  # a later run claims at once and finds the mail sent
 
     @property
     def store(self) -> KeyValueStoreBackend:
@@ -158,9 +159,11 @@ class SentLedger:
         for generation in itertools.count():
             name = CLAIM_KEY_PREFIX + ensure_bytes(f"{key}-{generation}")
             if self._add(name, until):
-                return Claim(name, possible_duplicate=ended_by_lease)
+                return Claim(name, generation, possible_duplicate=ended_by_lease)
             held = self.store.get(name) or RELEASED
             if held != RELEASED and float(held) > time.time():
+                if self.was_sent(key):  # its holder sent it; the claim just has not run out
+                    raise AlreadySent(key)
                 raise ClaimBusy(f"another run is sending {key} (lease until {float(held):.0f})")
             ended_by_lease = held != RELEASED
         raise AssertionError("unreachable")

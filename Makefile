@@ -4,6 +4,7 @@
 #   make inbox / make worker / make app    the article's terminals, one each
 #   make flower  Celery's live monitor on 127.0.0.1:5555
 #   make bench   the benchmarks (not part of make test)
+#   make notebooks   re-run every notebook in place, for committing its outputs
 
 PYTHON ?= python3
 VENV := .venv
@@ -24,7 +25,7 @@ define pytest_stage
 	if [ $$rc -eq 5 ]; then echo "make: no tests collected for: $(1)"; rc=0; fi; exit $$rc
 endef
 
-.PHONY: setup lab test test-unit test-notebooks lint inbox worker app flower bench clean
+.PHONY: setup lab test test-unit test-notebooks notebooks lint inbox worker app flower bench clean
 
 setup: $(VENV)/.installed
 
@@ -50,6 +51,10 @@ test-unit: setup
 
 test-notebooks: setup
 	$(call pytest_stage,--nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg -p no:python notebooks)
+
+# Re-run every notebook in place for committing (solution cells saved without outputs).
+notebooks: setup
+	$(WITH_BROKER) $(PY) -m kit.lab.publish notebooks/*.ipynb
 
 inbox: setup
 	$(PY) -m kit.inbox --host 127.0.0.1 --port 8025 --dir $(INBOX_DIR)

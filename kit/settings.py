@@ -51,15 +51,15 @@ class Settings:
     MAIL_SMTPUTF8: bool = False
 
     def __repr__(self) -> str:
-        shown = []
+        parts = []
         for field in fields(self):
             value = getattr(self, field.name)
             if field.name == "MAIL_PASSWORD":
                 value = "***" if value else ""
             elif field.name.endswith("_URL") or field.name == "CELERY_RESULT_BACKEND":
-                value = mask_url(value)
-            shown.append(f"{field.name}={value!r}")
-        return f"Settings({', '.join(shown)})"
+                value = shown(value)
+            parts.append(f"{field.name}={value!r}")
+        return f"Settings({', '.join(parts)})"
 
     @property
     def uses_local_inbox(self) -> bool:
@@ -75,6 +75,11 @@ def mask_url(url: str) -> str:
         return url
     user = credentials.split(":", 1)[0]
     return f"{scheme}://{user}:***@{host}"
+
+
+def shown(url: str) -> str:
+    """A URL as the kit prints it: password masked, the repository's folder as <repo>."""
+    return mask_url(url).replace(str(ROOT), "<repo>")
 
 
 def is_loopback(host: str) -> bool:

@@ -31,7 +31,7 @@ from kit import processes
 from kit.broker import choose, declare_and_purge, delete_queue, is_embedded, queue_depth
 from kit.inbox import Inbox
 from kit.processes import Background
-from kit.settings import STATE_DIR, Settings
+from kit.settings import ROOT, STATE_DIR, Settings
 
 NOTEBOOK_DIR = STATE_DIR / "notebooks"
 
@@ -218,9 +218,30 @@ def worker_hostname(worker: Background) -> str:
     return f"{worker.name}@{platform.node()}"
 
 
+def clean_log(text: str) -> list[str]:
+    """A log's lines as a notebook shows them: no warnings, no paths, host or platform.
+
+    Celery warns at length when a worker runs as root (as in CI and containers);
+    that and its other warnings say nothing about the lesson, and the machine's
+    paths and names are nobody's business in a committed output.
+    """
+    lines, in_warning = [], False
+    for line in text.splitlines():
+        if "SecurityWarning" in line:
+            in_warning = True  # until Celery's own line that raised it
+        if in_warning:
+            in_warning = "_warn_or_raise_security_error" not in line
+            continue
+        if "WARNING/" in line:
+            continue
+        line = line.replace(str(ROOT), "<repo>").replace(platform.platform(), "<platform>")
+        lines.append(line.replace(f"@{platform.node()}", "@<host>"))
+    return lines
+
+
 def show_log(process: Background, contains: str | None = None, last: int | None = None) -> None:
     """Print a background process's log on purpose: the lines with `contains`, the `last` ones."""
-    lines = process.log_text().splitlines()
+    lines = clean_log(process.log_text())
     if contains is not None:
         lines = [line for line in lines if contains in line]
     if last is not None:

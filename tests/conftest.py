@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -98,6 +99,30 @@ needs_acknowledgements = pytest.mark.skipif(
     reason="needs a broker with acknowledgements: the embedded broker loses what a killed "
     "worker held (notebook 06 measures it)",
 )
+
+
+def task_status(url: str, task_id: str) -> dict:
+    """GET /tasks/<id> from the app at `url`, which must answer 200."""
+    import requests
+
+    response = requests.get(f"{url}/tasks/{task_id}", timeout=10)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def wait_for_state(
+    url: str, task_id: str, states: set[str] | None = None, timeout: float = 30
+) -> list[dict]:
+    """Poll a task until its state is one of `states` (by default: it ended); every answer seen."""
+    states = states or {"SUCCESS", "FAILURE"}
+    seen: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        seen.append(task_status(url, task_id))
+        if seen[-1]["state"] in states:
+            return seen
+        time.sleep(0.05)
+    raise TimeoutError(f"{task_id} never reached {states} in {timeout} s; last: {seen[-3:]}")
 
 
 @pytest.fixture

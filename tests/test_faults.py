@@ -18,13 +18,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 
 import rabbitnode
-from conftest import needs_acknowledgements, needs_rabbitmq
+from conftest import needs_acknowledgements, needs_rabbitmq, wait_for_state
 from kit import broker
 from kit.lab import mail
 from kit.processes import Background, free_port, start_app, start_inbox
@@ -36,24 +35,6 @@ def duplicates(mails: list) -> int:
     """How many received mails repeat a Message-ID already received."""
     counts = collections.Counter(m.message_id for m in mails)
     return sum(count - 1 for count in counts.values())
-
-
-def status(url: str, task_id: str) -> dict[str, Any]:
-    response = requests.get(f"{url}/tasks/{task_id}", timeout=10)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def wait_for_state(url: str, task_id: str, states: set[str], timeout: float = 30) -> list[dict]:
-    """Poll a task until its state is one of `states`; every answer seen."""
-    seen: list[dict] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        seen.append(status(url, task_id))
-        if seen[-1]["state"] in states:
-            return seen
-        time.sleep(0.05)
-    raise TimeoutError(f"{task_id} never reached {states}; last: {seen[-1:]}")
 
 
 def settle_then_read(mailbox, expected: int, timeout: float = 60, settle: float = 2.0) -> list:

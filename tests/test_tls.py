@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import smtplib
 import ssl
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import requests
 import trustme
 from aiosmtpd.controller import Controller
 
+from conftest import wait_for_state
 from kit.inbox import Inbox, make_controller
 from kit.mailer import Mailer, PermanentMailError, TransientMailError, classify
 from kit.processes import free_port, start_app, start_inbox
@@ -159,11 +159,7 @@ def test_the_task_fails_for_good_naming_the_certificate(
     try:
         body = {"to": "learner@example.com", "subject": "Over TLS", "body": "Sent encrypted."}
         task_id = requests.post(f"{web.url}/send", json=body, timeout=10).json()["task_id"]
-        deadline = time.monotonic() + 30
-        while (status := requests.get(f"{web.url}/tasks/{task_id}", timeout=10).json())[
-            "state"
-        ] not in ("SUCCESS", "FAILURE") and time.monotonic() < deadline:
-            time.sleep(0.2)
+        status = wait_for_state(web.url, task_id)[-1]
     finally:
         web.stop()
         server.stop()

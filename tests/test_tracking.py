@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 import requests
 
+from conftest import task_status, wait_for_state
 from kit.lab import mail
 
 pytestmark = pytest.mark.integration
-
-
-def status(web: Any, task_id: str) -> dict[str, Any]:
-    response = requests.get(f"{web.url}/tasks/{task_id}", timeout=10)
-    assert response.status_code == 200, response.text
-    return response.json()
-
-
-def watch(web: Any, task_id: str, timeout: float = 60.0) -> list[dict[str, Any]]:
-    """Poll the task until it ends; every answer seen, in order."""
-    seen: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        seen.append(status(web, task_id))
-        if seen[-1]["state"] in ("SUCCESS", "FAILURE"):
-            return seen
-        time.sleep(0.05)
-    raise TimeoutError(f"task {task_id} did not end in {timeout} s; seen: {seen[-3:]}")
 
 
 def queue(web: Any, data: dict[str, str]) -> str:
@@ -41,11 +23,11 @@ def test_pending_then_started_with_rising_progress_then_success(
     web, start_worker, mailbox, monkeypatch
 ) -> None:
     task_id = queue(web, mail())
-    pending = status(web, task_id)  # no worker yet: queued, so PENDING
+    pending = task_status(web.url, task_id)  # no worker yet: queued, so PENDING
     assert pending["state"] == "PENDING" and "unknown" in pending["detail"]
     monkeypatch.setenv("WORK_SECONDS", "3")
     start_worker()
-    seen = watch(web, task_id)
+    seen = wait_for_state(web.url, task_id, timeout=60)
     states = [s["state"] for s in seen]
     assert states[-1] == "SUCCESS"
     assert "STARTED" in states and "RETRY" not in states
@@ -63,7 +45,7 @@ def test_pending_then_started_with_rising_progress_then_success(
 def test_permanent_refusal_fails_at_once_with_the_reason(web, start_worker, mailbox) -> None:
     worker = start_worker()
     task_id = queue(web, mail(to="reject-me@example.com"))
-    seen = watch(web, task_id, timeout=30)
+    seen = wait_for_state(web.url, task_id, timeout=30)
     assert seen[-1]["state"] == "FAILURE"
     assert "550" in seen[-1]["error"] and "recipient refused" in seen[-1]["error"]
     assert "reject-me@example.com" not in seen[-1]["error"]  # no addresses in logs or results
@@ -80,7 +62,7 @@ def test_transient_refusal_retries_then_fails_after_the_retry_limit(
     monkeypatch.setenv("WORK_SECONDS", "0.2")
     worker = start_worker()
     task_id = queue(web, mail(to="tempfail-me@example.com"))
-    seen = watch(web, task_id, timeout=60)
+    seen = wait_for_state(web.url, task_id, timeout=60)
     states = [s["state"] for s in seen]
     assert "RETRY" in states and states[-1] == "FAILURE"
     retry = next(s for s in seen if s["state"] == "RETRY")

@@ -41,11 +41,19 @@ class Settings:
     MAIL_SECURITY: str = "none"
     MAIL_TIMEOUT: float = 10.0
     MAIL_MAX_CONNECTIONS: int = 10
-    MAIL_RETRY_MAX: int = 8
-    MAIL_RETRY_BACKOFF: float = 1.0
-    MAIL_RETRY_BACKOFF_MAX: float = 60.0
+    # Waits of 5 s doubling to 10 min, 18 retries: a mail outlives 1 to 2 hours of outage.
+    MAIL_RETRY_MAX: int = 18
+    MAIL_RETRY_BACKOFF: float = 5.0
+    MAIL_RETRY_BACKOFF_MAX: float = 600.0
     WORK_SECONDS: float = 5.0
     PUBLISH_TIMEOUT: float = 1.0
+    # RabbitMQ's consumer_timeout (30 min by default): no mail is held unacknowledged near it.
+    BROKER_CONSUMER_TIMEOUT: float = 1800.0
+    # AMQP heartbeat, every pool: how soon RabbitMQ notices a frozen worker (about this long).
+    BROKER_HEARTBEAT: float = 60.0
+    # How long task results, and the sent-mail ledger, are kept (no celery beat needed).
+    RESULT_EXPIRES: float = 24 * 3600.0
+    LEDGER_EXPIRES: float = 7 * 24 * 3600.0
     MAX_SUBJECT_LENGTH: int = 200
     MAX_BODY_LENGTH: int = 10_000
     MAIL_SMTPUTF8: bool = False
@@ -172,6 +180,48 @@ def load_settings(
     return settings
 
 
+def longest_task_run(settings: Settings) -> float:
+    """Seconds one run of sendMail can hold its message: the work, then a send of at
+    most five SMTP steps of MAIL_TIMEOUT each, with a margin (the task's time limit)."""
+    return settings.WORK_SECONDS + 6 * settings.MAIL_TIMEOUT + 30
+
+
+def retry_window(settings: Settings) -> tuple[float, float]:
+    """Shortest and longest time (seconds) from a mail's first failed send to giving up.
+
+    Wait n is drawn between half and all of min(BACKOFF * 2**n, BACKOFF_MAX).
+    """
+    ceilings = [
+        min(settings.MAIL_RETRY_BACKOFF_MAX, settings.MAIL_RETRY_BACKOFF * 2**retry)
+        for retry in range(settings.MAIL_RETRY_MAX)
+    ]
+    return sum(ceilings) / 2, sum(ceilings)
+
+
+def check_held_below_consumer_timeout(settings: Settings) -> None:
+    """No run nor wait may come near RabbitMQ's consumer_timeout, which would close the
+    worker's channel and hand every mail it holds to another worker."""
+    limit = settings.BROKER_CONSUMER_TIMEOUT
+    if longest_task_run(settings) >= limit / 2:
+        raise SettingsError(
+            f"WORK_SECONDS={settings.WORK_SECONDS:g} with MAIL_TIMEOUT={settings.MAIL_TIMEOUT:g} "
+            f"lets one task run {longest_task_run(settings):.0f} s, too near RabbitMQ's "
+            f"consumer_timeout (BROKER_CONSUMER_TIMEOUT={limit:g} s): shorten them, or raise "
+            "consumer_timeout in rabbitmq.conf and BROKER_CONSUMER_TIMEOUT with it."
+        )
+    if settings.MAIL_RETRY_BACKOFF_MAX >= limit / 2:
+        raise SettingsError(
+            f"MAIL_RETRY_BACKOFF_MAX={settings.MAIL_RETRY_BACKOFF_MAX:g} s is too near RabbitMQ's "
+            f"consumer_timeout (BROKER_CONSUMER_TIMEOUT={limit:g} s): keep it under {limit / 2:g}."
+        )
+    longest_redelivery = retry_window(settings)[1] + limit + longest_task_run(settings)
+    if settings.LEDGER_EXPIRES <= longest_redelivery:
+        raise SettingsError(
+            f"LEDGER_EXPIRES={settings.LEDGER_EXPIRES:g} s: the sent-mail ledger must outlive any "
+            f"redelivery of a mail (here up to {longest_redelivery:.0f} s); raise it."
+        )
+
+
 def check(settings: Settings) -> None:
     """Refuse settings that cannot work, naming the one to fix."""
     if settings.MAIL_SECURITY not in SECURITY_CHOICES:
@@ -180,12 +230,21 @@ def check(settings: Settings) -> None:
         )
     if not 0 < settings.MAIL_PORT < 65536:
         raise SettingsError(f"MAIL_PORT={settings.MAIL_PORT} is not a TCP port (1-65535).")
-    for name in ("WORK_SECONDS", "MAIL_RETRY_BACKOFF", "MAIL_RETRY_BACKOFF_MAX"):
+    for name in ("WORK_SECONDS", "MAIL_RETRY_BACKOFF", "MAIL_RETRY_BACKOFF_MAX", "MAIL_RETRY_MAX"):
         if getattr(settings, name) < 0:
             raise SettingsError(f"{name} must be zero or more.")
-    for name in ("MAIL_TIMEOUT", "PUBLISH_TIMEOUT", "MAIL_MAX_CONNECTIONS"):
+    for name in (
+        "MAIL_TIMEOUT",
+        "PUBLISH_TIMEOUT",
+        "MAIL_MAX_CONNECTIONS",
+        "BROKER_CONSUMER_TIMEOUT",
+        "BROKER_HEARTBEAT",
+        "RESULT_EXPIRES",
+        "LEDGER_EXPIRES",
+    ):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"{name} must be more than zero.")
+    check_held_below_consumer_timeout(settings)
     if is_placeholder(settings.MAIL_USERNAME):
         raise SettingsError(
             "MAIL_USERNAME is still the example's placeholder: put your address in "

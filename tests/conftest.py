@@ -41,6 +41,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["MAILASYNC_SETTINGS_FILE"] = os.devnull
     os.environ["WORK_SECONDS"] = TEST_WORK_SECONDS
     os.environ["CELERY_QUEUE"] = f"mailasync-test-{RUN_ID}"
+    os.environ["MAIL_RETRY_MAX"] = "8"
     os.environ["MAIL_RETRY_BACKOFF"] = "0.2"
     os.environ["MAIL_RETRY_BACKOFF_MAX"] = "1"
     results = Path(config.rootpath) / ".mailasync" / f"test-results-{RUN_ID}"

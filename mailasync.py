@@ -24,7 +24,7 @@ from typing import Any
 
 from celery import Celery, Task
 
-from kit import guarantees
+from kit import guarantees, liveness, upkeep
 from kit.mailer import Mailer, TransientMailError
 from kit.settings import load_settings
 from kit.tracking import AlreadySent, ClaimBusy, SentLedger
@@ -39,6 +39,8 @@ guarantees.nothing_lost(app)  # acknowledge after the task ran, requeue it if it
 guarantees.bounded_publish(app, settings)  # a request waits about a second on a broker that is down
 guarantees.tracked(app, settings)  # GET /tasks/<id> can read states, progress and results
 guarantees.on_the_kits_queue(app, settings)  # CELERY_QUEUE, and the embedded broker's folders
+liveness.install(app, settings)  # a dead or frozen worker's mail goes to another within minutes
+upkeep.install(app, settings)  # old results and ledger entries expire, with no celery beat
 
 yag = Mailer(settings)  # yagmail clients kept logged in; failures sorted into retry or give up
 guarantees.close_at_worker_exit(yag)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import celeryd_init, worker_process_shutdown
+from celery.signals import worker_process_shutdown
 
 from kit.broker import embedded_transport_options, is_embedded
 from kit.mailer import Mailer
@@ -69,7 +69,6 @@ def tracked(app: Celery, settings: Settings) -> None:
     """Task states, progress and results where any process can read them (GET /tasks/<id>)."""
     app.conf.update(
         task_track_started=True,
-        result_expires=24 * 3600,
         # Events for Flower come from the worker (received, started, succeeded...).
         # No task-sent event: it is a second publish inside every .delay() (about
         # a quarter of its time, measured by bench/), for a state Flower can do without.
@@ -85,25 +84,10 @@ def tracked(app: Celery, settings: Settings) -> None:
 
 
 def on_the_kits_queue(app: Celery, settings: Settings) -> None:
-    """The kit's own queue, the embedded broker's folders, and heartbeats fit for the pool."""
+    """The kit's own queue, and the embedded broker's folders."""
     app.conf.task_default_queue = settings.CELERY_QUEUE
     if is_embedded(settings.CELERY_BROKER_URL):
         app.conf.broker_transport_options = embedded_transport_options()
-    celeryd_init.connect(tune_green_pools, weak=False, dispatch_uid="mailasync-green-pools")
-
-
-def tune_green_pools(conf: Any, options: dict[str, Any], **_: Any) -> None:
-    """gevent/eventlet workers: no AMQP heartbeats, which cap them near 10 messages a second.
-
-    With a green pool Celery runs its blocking loop, which after every frame
-    from the broker waits up to 0.1 s on the event connection when heartbeats
-    are on (celery/worker/loops.py synloop, _quick_drain). A dead broker
-    connection is still noticed through the TCP keepalive that py-amqp sets.
-    """
-    pool = options.get("pool") or options.get("pool_cls") or conf.worker_pool
-    name = pool if isinstance(pool, str) else f"{pool.__module__}.{pool.__name__}"
-    if "gevent" in name or "eventlet" in name:
-        conf.broker_heartbeat = 0
 
 
 def close_at_worker_exit(mailer: Mailer) -> None:

@@ -1,30 +1,72 @@
-"""How soon a dead or frozen worker's mail goes to another worker, and how long a task may run."""
+"""How soon a frozen or dead worker's mail goes to another worker, and how long a task may run.
+
+Every pool sends AMQP heartbeats every BROKER_HEARTBEAT / 2 seconds on the connection it
+consumes from; RabbitMQ closes a connection that stays silent for about one to two
+BROKER_HEARTBEAT intervals and hands its unacknowledged mail to another worker. With the
+default of 60 s a frozen worker's mail moves on within about two minutes instead of
+consumer_timeout's 30 (a killed worker's moves at once: the kernel closes its socket).
+
+Time limits (TIME_LIMIT_MARGIN under ``longest_task_run``):
+
+- prefork: both. The soft limit raises SoftTimeLimitExceeded in the task; the hard one
+  kills its process.
+- gevent: hard only (gevent.Timeout in the task's greenlet); the soft limit is ignored.
+- threads: neither. The mailer's deadline (5 x MAIL_TIMEOUT a send) and the bounded
+  WORK_SECONDS keep a run within the limit anyway.
+
+A task past its hard limit is recorded as failed and acknowledged: its mail is not retried.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from celery import Celery
-from celery.signals import celeryd_init
+from celery.worker.consumer import Consumer
+from kombu import Connection
 
-from kit.settings import Settings
+from kit.settings import Settings, longest_task_run
+
+# Seconds between the soft and the hard time limit: room for the task to retry cleanly.
+TIME_LIMIT_MARGIN = 10.0
 
 
 def install(app: Celery, settings: Settings) -> None:
-    """AMQP heartbeats every BROKER_HEARTBEAT seconds, fit for the worker's pool."""
-    app.conf.broker_heartbeat = settings.BROKER_HEARTBEAT
-    celeryd_init.connect(tune_green_pools, weak=False, dispatch_uid="mailasync-green-pools")
+    """Heartbeats for every pool (HeartbeatConsumer), and task time limits from the settings."""
+    hard = longest_task_run(settings)
+    app.conf.update(
+        broker_heartbeat=settings.BROKER_HEARTBEAT,
+        worker_consumer=f"{__name__}:HeartbeatConsumer",
+        task_time_limit=hard,
+        task_soft_time_limit=hard - TIME_LIMIT_MARGIN,
+    )
 
 
-def tune_green_pools(conf: Any, options: dict[str, Any], **_: Any) -> None:
-    """gevent/eventlet workers: no AMQP heartbeats, which cap them near 10 messages a second.
+class HeartbeatConsumer(Consumer):
+    """Celery's consumer, with heartbeats on the consuming connection in green pools too.
 
-    With a green pool Celery runs its blocking loop, which after every frame
-    from the broker waits up to 0.1 s on the event connection when heartbeats
-    are on (celery/worker/loops.py synloop, _quick_drain). A dead broker
-    connection is still noticed through the TCP keepalive that py-amqp sets.
+    In a gevent or eventlet pool Celery's blocking loop (celery/worker/loops.py,
+    synloop) waits up to 0.1 s on the event connection after every frame when
+    ``amqheartbeat`` is set, capping the worker at a few dozen messages a second.
+    Here ``amqheartbeat`` stays 0 in green pools, so the event connection has no
+    heartbeats and that wait never happens, while the consuming connection is
+    opened with BROKER_HEARTBEAT: synloop sends its heartbeats from the worker's
+    timer for any connection that negotiated them.
     """
-    pool = options.get("pool") or options.get("pool_cls") or conf.worker_pool
-    name = pool if isinstance(pool, str) else f"{pool.__module__}.{pool.__name__}"
-    if "gevent" in name or "eventlet" in name:
-        conf.broker_heartbeat = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.green = bool(getattr(self.pool, "is_green", False))
+        self.consumer_heartbeat = self.app.conf.broker_heartbeat or 0
+        if self.green:
+            self.amqheartbeat = 0  # the event connection: no heartbeat, so no 0.1 s drain
+
+    def connect(self) -> Connection:
+        """The connection tasks arrive on, with heartbeats whatever the pool.
+
+        Only this one: the remote-control connection of a green pool (celery's
+        gPidbox) is never heartbeat-checked, so it must not negotiate heartbeats.
+        """
+        if not self.green:  # prefork, threads: Celery's own, amqheartbeat is already set
+            return super().connect()
+        return self.connection_for_read(heartbeat=self.consumer_heartbeat)

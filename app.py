@@ -15,19 +15,21 @@ from __future__ import annotations
 import os
 
 from flask import Flask, Response, jsonify
-from kombu.exceptions import OperationalError
 
-from kit.broker import broker_problem
+from kit.broker import broker_problem, is_embedded
 from kit.mailer import PermanentMailError, TransientMailError
+from kit.queues import dead_letter_queue_name
 from kit.settings import load_settings
 from kit.tracking import task_status
 from kit.web import (
     MAX_REQUEST_BYTES,
+    PUBLISH_FAILURES,
     answer_errors_as_json,
     broker_unavailable,
     check_task_id,
     mail_from_json,
     read_body,
+    refusal_in,
 )
 from mailasync import app as celery_app
 from mailasync import send_now, sendMail
@@ -48,8 +50,8 @@ def send() -> tuple[Response, int]:
     data = mail_from_json(read_body(), settings)
     try:
         result = sendMail.delay(data)
-    except OperationalError as error:
-        app.logger.error("publish failed: %s", error)
+    except PUBLISH_FAILURES as error:
+        app.logger.error("publish failed: %r", refusal_in(error) or error)
         return broker_unavailable(settings, error)
     response = jsonify(task_id=result.id, status="queued")
     response.headers["Location"] = f"/tasks/{result.id}"
@@ -73,7 +75,11 @@ def send_sync() -> tuple[Response, int]:
 def task(task_id: str) -> tuple[Response, int]:
     """Report a task's state, with progress, result or error where they apply."""
     check_task_id(task_id)
-    return jsonify(task_status(celery_app.AsyncResult(task_id))), 200
+    status = task_status(celery_app.AsyncResult(task_id))
+    if status["state"] == "FAILURE" and not is_embedded(settings.CELERY_BROKER_URL):
+        status["dead_letter_queue"] = dead_letter_queue_name(settings.CELERY_QUEUE)
+        status["replay"] = f"make replay TASKS={task_id}"
+    return jsonify(status), 200
 
 
 @app.get("/health")

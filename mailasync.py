@@ -35,10 +35,10 @@ settings = load_settings()  # environment > default_settings.py > the defaults i
 
 app = Celery("mailasync", broker=settings.CELERY_BROKER_URL)
 guarantees.json_only(app)  # never unpickle what arrives from the network
-guarantees.nothing_lost(app)  # acknowledge after the task ran, requeue it if its worker dies
-guarantees.bounded_publish(app, settings)  # a request waits about a second on a broker that is down
+guarantees.nothing_lost(app)  # acknowledge after the task ran; requeue it if its worker dies
+guarantees.bounded_publish(app, settings)  # 202 once RabbitMQ has it; 503 within a second if down
 guarantees.tracked(app, settings)  # GET /tasks/<id> can read states, progress and results
-guarantees.on_the_kits_queue(app, settings)  # CELERY_QUEUE, and the embedded broker's folders
+guarantees.on_the_kits_queue(app, settings)  # CELERY_QUEUE, and its dead-letter queue for failures
 liveness.install(app, settings)  # a dead or frozen worker's mail goes to another within minutes
 upkeep.install(app, settings)  # old results and ledger entries expire, with no celery beat
 
@@ -64,9 +64,9 @@ def sendMail(self: Task, data: dict[str, Any], work_done: bool = False) -> dict[
     except AlreadySent:  # another run sent it while this one worked
         return {"message_id": message_id, "duplicate": True}
     except (TransientMailError, ClaimBusy) as error:  # it cannot go now: wait, then try again
-        raise self.retry(
-            exc=error,
-            countdown=backoff(self.request.retries, settings),
+        raise self.retry_later(  # self.retry, with the wait held by RabbitMQ, not the worker
+            error,
+            backoff(self.request.retries, settings),
             max_retries=settings.MAIL_RETRY_MAX,
             kwargs={"work_done": True},
         ) from error

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_shutdown
+from celery.signals import celeryd_init, worker_process_shutdown
 
+from kit import later, queues
 from kit.broker import embedded_transport_options, is_embedded
 from kit.mailer import Mailer
 from kit.settings import Settings, private_folder
@@ -34,21 +35,32 @@ def nothing_lost(app: Celery) -> None:
 
     The article's worker acknowledges on receipt: a worker killed mid-task
     loses that mail. Holding only as many long tasks as there are slots keeps
-    the others in the queue for a free worker.
+    the others in the queue for a free worker. A task that fails for good is
+    rejected, not acknowledged, so RabbitMQ keeps it in the dead-letter queue
+    (kit/queues.py) instead of dropping it.
     """
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        task_acks_on_failure=False,
         worker_prefetch_multiplier=1,
         worker_cancel_long_running_tasks_on_connection_loss=True,
     )
 
 
-def bounded_publish(app: Celery, settings: Settings) -> None:
-    """A request waits at most about PUBLISH_TIMEOUT on a broker that is down; a worker waits on.
+# A worker's own publishes (retries) wait longer than a request: giving up
+# there dead-letters the mail, while a request can answer 503 and be tried again.
+WORKER_PUBLISH_TIMEOUT = 30.0
 
-    Without bounds `.delay()` retries a refused connection and waits on a
-    silent one for a long time, and the request with it.
+
+def bounded_publish(app: Celery, settings: Settings) -> None:
+    """A 202 means RabbitMQ has the mail; a request waits about PUBLISH_TIMEOUT for it at most.
+
+    With publisher confirms each publish waits for RabbitMQ's acknowledgement
+    (for a persistent message on a durable queue: written to disk), so a mail
+    the broker refuses (queue full, resource alarm) is a 503, not a 202 for a
+    mail that was never kept. Without bounds `.delay()` retries a refused
+    connection and waits on a silent one for a long time, and the request with it.
     """
     app.conf.update(
         broker_connection_timeout=settings.PUBLISH_TIMEOUT,
@@ -63,6 +75,23 @@ def bounded_publish(app: Celery, settings: Settings) -> None:
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
     )
+    if not is_embedded(settings.CELERY_BROKER_URL):
+        app.conf.broker_transport_options = {"confirm_publish": True}
+    MailTask.publish_timeout = settings.PUBLISH_TIMEOUT
+    celeryd_init.connect(unbound_worker_publishes, weak=False, dispatch_uid="mailasync-publish")
+
+
+def unbound_worker_publishes(conf: Any, **_: Any) -> None:
+    """In a worker: publishes wait up to WORKER_PUBLISH_TIMEOUT, retried through a blip."""
+    conf.broker_connection_timeout = WORKER_PUBLISH_TIMEOUT
+    conf.broker_pool_acquire_timeout = WORKER_PUBLISH_TIMEOUT
+    conf.task_publish_retry_policy = {
+        "max_retries": 10,
+        "interval_start": 0,
+        "interval_step": 1,
+        "interval_max": 5,
+    }
+    MailTask.publish_timeout = WORKER_PUBLISH_TIMEOUT
 
 
 def tracked(app: Celery, settings: Settings) -> None:
@@ -84,8 +113,8 @@ def tracked(app: Celery, settings: Settings) -> None:
 
 
 def on_the_kits_queue(app: Celery, settings: Settings) -> None:
-    """The kit's own queue, and the embedded broker's folders."""
-    app.conf.task_default_queue = settings.CELERY_QUEUE
+    """The kit's own queue and its dead-letter queue, or the embedded broker's folders."""
+    queues.install(app, settings.CELERY_QUEUE)
     if is_embedded(settings.CELERY_BROKER_URL):
         app.conf.broker_transport_options = embedded_transport_options()
 
@@ -107,7 +136,16 @@ class MailTask(Task):
     short stand-in instead.
     """
 
+    publish_timeout: float = 1.0  # waiting for RabbitMQ's confirm; set by bounded_publish
+
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        options.setdefault("confirm_timeout", self.publish_timeout)
         options.setdefault("argsrepr", "(<mail>,)")
         options.setdefault("kwargsrepr", repr(kwargs or {}))
         return super().apply_async(args, kwargs, **options)
+
+    def retry_later(self, error: Exception, seconds: float, **options: Any) -> Any:
+        """self.retry(exc=error, countdown=seconds, ...), the wait held by RabbitMQ (kit/later)."""
+        queue = self.app.amqp.queues[self.app.conf.task_default_queue]
+        on_rabbitmq = not is_embedded(self.app.conf.broker_url or "")
+        return self.retry(exc=error, **later.hold_options(seconds, queue, on_rabbitmq), **options)

@@ -10,9 +10,12 @@ import json
 import re
 from typing import Any
 
+from amqp.exceptions import ChannelError, MessageNacked
 from flask import Flask, Response, jsonify, request
+from kombu.exceptions import OperationalError
 from werkzeug.exceptions import HTTPException
 
+from kit.queues import is_mismatch, mismatch_fix
 from kit.settings import Settings, mask_url
 from kit.validation import InvalidMail, check_mail
 
@@ -82,13 +85,42 @@ def check_task_id(task_id: str) -> None:
         raise BadRequest("a task id has 1 to 64 letters, digits, '-' or '_'")
 
 
+# What a publish can raise when the mail was not queued: the broker unreachable
+# (kombu's OperationalError), or reachable but refusing it (a channel error: the
+# queue exists with other arguments; a publisher confirm that came back negative).
+PUBLISH_FAILURES = (OperationalError, ChannelError, MessageNacked)
+
+
+def refusal_in(error: BaseException) -> BaseException | None:
+    """The broker's refusal behind a publish error, if it was one (kombu wraps a negative
+    confirm, which it retries like a lost connection, in an OperationalError)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, (ChannelError, MessageNacked)):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def broker_unavailable(settings: Settings, error: Exception) -> tuple[Response, int]:
-    """503 naming the broker (password masked), that nothing was queued, and the fix."""
-    message = (
-        f"the broker at {mask_url(settings.CELERY_BROKER_URL)} is not reachable ({error}); "
-        "nothing was queued, try again later. Operators: start RabbitMQ "
-        "(rabbitmq-server -detached) or fix CELERY_BROKER_URL."
-    )
+    """503: nothing was queued, why (the broker or the queue, password masked), and the fix."""
+    error = refusal_in(error) or error
+    if is_mismatch(error):
+        message = f"nothing was queued: {mismatch_fix(settings.CELERY_QUEUE, error)}"
+    elif isinstance(error, (ChannelError, MessageNacked)):
+        message = (
+            f"the broker at {mask_url(settings.CELERY_BROKER_URL)} refused the mail "
+            f"({type(error).__name__}{': ' if str(error) else ''}{error}); nothing was queued, "
+            "try again later. "
+            f"Operators: check queue {settings.CELERY_QUEUE!r} and RabbitMQ's log "
+            "(a full queue, a disk or memory alarm)."
+        )
+    else:
+        message = (
+            f"the broker at {mask_url(settings.CELERY_BROKER_URL)} is not reachable ({error}); "
+            "nothing was queued, try again later. Operators: start RabbitMQ "
+            "(rabbitmq-server -detached) or fix CELERY_BROKER_URL."
+        )
     return jsonify(error=message), 503
 
 

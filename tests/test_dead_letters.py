@@ -1,0 +1,180 @@
+"""Never silently lost: waits held by RabbitMQ, failures kept and replayed, refusals told.
+
+- a retry waits in RabbitMQ's delay queues, not unacknowledged in the worker;
+- a mail that fails for good is kept in the dead-letter queue, shown, and replayed;
+- a retry whose publish fails is dead-lettered, not dropped;
+- a queue left with other arguments stops the worker and the app with the fix;
+- with publisher confirms, a mail RabbitMQ refuses is a 503, never a 202.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import requests
+from kombu import Connection, Queue
+
+from conftest import needs_rabbitmq, wait_for_state
+from kit import broker, later
+from kit.lab import mail
+from kit.processes import start_inbox
+
+pytestmark = [pytest.mark.integration, needs_rabbitmq]
+
+
+def vhost() -> str:
+    return urlparse(os.environ["CELERY_BROKER_URL"]).path.lstrip("/") or "/"
+
+
+def queue_counts(queue: str) -> dict[str, int]:
+    """messages_ready and messages_unacknowledged of `queue`, as RabbitMQ counts them."""
+    out = broker.rabbitmqctl(
+        "list_queues", "-p", vhost(), "name", "messages_ready", "messages_unacknowledged"
+    )
+    for line in out.splitlines():
+        name, *counts = line.split("\t")
+        if name == queue:
+            return {"ready": int(counts[0]), "unacked": int(counts[1])}
+    return {"ready": 0, "unacked": 0}
+
+
+def dead_letters_cli(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "kit.dead_letters", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout
+
+
+def test_a_retry_waits_in_rabbitmq_not_in_the_worker(
+    inbox, mailbox, web, start_worker, queue_name, monkeypatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("MAIL_RETRY_BACKOFF", "6")  # first wait 3 to 6 s: the delay queues'
+    monkeypatch.setenv("MAIL_RETRY_BACKOFF_MAX", "6")
+    start_worker()
+    inbox.stop()
+    task_id = requests.post(f"{web.url}/send", json=mail(1), timeout=10).json()["task_id"]
+    wait_for_state(web.url, task_id, {"RETRY"}, timeout=30)
+
+    with Connection(os.environ["CELERY_BROKER_URL"]) as connection:
+        assert later.waiting(connection) == 1
+    assert queue_counts(queue_name) == {"ready": 0, "unacked": 0}  # the worker holds nothing
+
+    restarted = start_inbox(tmp_path / "inbox", port=inbox.port)
+    try:
+        assert wait_for_state(web.url, task_id, timeout=60)[-1]["state"] == "SUCCESS"
+        assert [m.message_id for m in mailbox.messages()] == [f"<{task_id}@mailasync>"]
+    finally:
+        restarted.stop()
+
+
+def test_a_mail_that_fails_for_good_is_kept_then_replayed_once(
+    web, start_worker, queue_name, monkeypatch, tmp_path: Path
+) -> None:
+    from kit.inbox import Inbox
+
+    # The server wants one password and the worker has another: 535, a permanent failure.
+    server = start_inbox(tmp_path / "strict", password="server-secret")
+    monkeypatch.setenv("MAIL_PORT", str(server.port))
+    monkeypatch.setenv("MAIL_PASSWORD", "worker-secret")
+    try:
+        start_worker()
+        task_id = requests.post(f"{web.url}/send", json=mail(1), timeout=10).json()["task_id"]
+        failed = wait_for_state(web.url, task_id, timeout=60)[-1]
+        assert failed["state"] == "FAILURE"
+        assert failed["dead_letter_queue"] == f"{queue_name}.dead"
+        assert task_id in failed["replay"]
+        wait_for_ready(f"{queue_name}.dead", 1)
+
+        listing = dead_letters_cli()
+        assert task_id in listing and "rejected" in listing and "535" in listing
+        assert queue_counts(f"{queue_name}.dead")["ready"] == 1  # listing takes nothing away
+
+        # The fix, on the server's side this time: it now takes the worker's password.
+        server.stop()
+        server = start_inbox(tmp_path / "strict", port=server.port, password="worker-secret")
+        assert task_id in dead_letters_cli("--replay")
+        assert wait_for_state(web.url, task_id, timeout=60)[-1]["state"] == "SUCCESS"
+        messages = Inbox(tmp_path / "strict").messages()
+        assert [m.message_id for m in messages] == [f"<{task_id}@mailasync>"]
+        assert queue_counts(f"{queue_name}.dead")["ready"] == 0
+    finally:
+        server.stop()
+
+
+def wait_for_ready(queue: str, count: int, timeout: float = 10) -> None:
+    """Wait until `queue` has `count` messages ready (RabbitMQ's counts lag a little)."""
+    deadline = time.monotonic() + timeout
+    while queue_counts(queue)["ready"] != count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert queue_counts(queue)["ready"] == count
+
+
+def test_a_retry_that_cannot_be_published_is_dead_lettered(
+    inbox, web, start_worker, queue_name, monkeypatch
+) -> None:
+    monkeypatch.setenv("MAIL_RETRY_BACKOFF", "4")  # waits of 2 to 4 s: the delay queues'
+    monkeypatch.setenv("MAIL_RETRY_BACKOFF_MAX", "4")
+    start_worker()
+    with Connection(os.environ["CELERY_BROKER_URL"]) as connection:
+        connection.default_channel.exchange_delete(later.level_name(later.TOP_LEVEL, later.PREFIX))
+    task_id = requests.post(
+        f"{web.url}/send", json=mail(1, to="tempfail@example.com"), timeout=10
+    ).json()["task_id"]
+    failed = wait_for_state(web.url, task_id, timeout=60)[-1]
+    assert failed["state"] == "FAILURE"
+    assert "NOT_FOUND" in failed["error"]  # the missing exchange, not the 451
+    wait_for_ready(f"{queue_name}.dead", 1)
+
+
+def test_a_queue_left_with_other_arguments_stops_the_worker_and_the_app_with_the_fix(
+    inbox, web, queue_name
+) -> None:
+    from kit.processes import start_worker
+
+    with Connection(os.environ["CELERY_BROKER_URL"]) as connection:
+        Queue(queue_name).bind(connection.default_channel).declare()  # an older kit's queue
+
+    answer = requests.post(f"{web.url}/send", json=mail(1), timeout=10)
+    assert answer.status_code == 503
+    error = answer.json()["error"]
+    assert f"CELERY_QUEUE={queue_name}-2" in error and f"delete_queue {queue_name}" in error
+
+    with pytest.raises(RuntimeError, match="exited early") as stopped:
+        start_worker(timeout=60).stop()
+    log = str(stopped.value)
+    assert f"CELERY_QUEUE={queue_name}-2" in log and f"delete_queue {queue_name}" in log
+
+
+def test_a_mail_rabbitmq_refuses_is_a_503_not_a_202(inbox, web, start_worker, queue_name) -> None:
+    policy = f"full-{queue_name}"
+    broker.rabbitmqctl(
+        "set_policy",
+        "-p",
+        vhost(),
+        "--apply-to",
+        "queues",
+        policy,
+        f"^{queue_name}$",
+        json.dumps({"max-length": 1, "overflow": "reject-publish"}),
+    )
+    try:
+        time.sleep(1)  # policies apply asynchronously
+        first = requests.post(f"{web.url}/send", json=mail(1), timeout=10)
+        second = requests.post(f"{web.url}/send", json=mail(2), timeout=10)
+        assert first.status_code == 202
+        assert second.status_code == 503
+        assert "refused the mail" in second.json()["error"]
+        assert queue_counts(queue_name)["ready"] == 1
+    finally:
+        broker.rabbitmqctl("clear_policy", "-p", vhost(), policy)

@@ -3,6 +3,7 @@
 #   make test    set up, find a broker, run lint, tests and every notebook (nbval)
 #   make inbox / make worker / make app    the article's terminals, one each
 #   make flower  Celery's live monitor on 127.0.0.1:5555
+#   make dead-letters / make replay    the mails that failed for good; send them again
 #   make bench   the benchmarks (not part of make test)
 #   make notebooks   re-run every notebook in place, for committing its outputs
 
@@ -25,7 +26,7 @@ define pytest_stage
 	if [ $$rc -eq 5 ]; then echo "make: no tests collected for: $(1)"; rc=0; fi; exit $$rc
 endef
 
-.PHONY: setup lab test test-unit test-notebooks notebooks lint inbox worker app flower bench clean
+.PHONY: setup lab test test-unit test-notebooks notebooks lint inbox worker app flower dead-letters replay bench clean
 
 setup: $(VENV)/.installed
 
@@ -67,6 +68,13 @@ app: setup
 
 flower: setup
 	$(WITH_BROKER) exec $(BIN)/celery -A mailasync flower --address=127.0.0.1 --port=$(FLOWER_PORT)
+
+dead-letters: setup
+	$(WITH_BROKER) $(PY) -m kit.dead_letters
+
+# make replay (all of them), or make replay TASKS='<task id> ...'
+replay: setup
+	$(WITH_BROKER) $(PY) -m kit.dead_letters --replay $(TASKS)
 
 bench: setup
 	$(WITH_BROKER) $(PY) -m bench

@@ -5,25 +5,39 @@ a new connection for every message and retries with long sleeps on its own,
 so the kit keeps a few logged-in clients open, hands the message yagmail
 built to the open connection, and sorts failures into two kinds: transient
 ones (worth a retry later) and permanent ones (retrying cannot help).
+
+Each SMTP step waits at most MAIL_TIMEOUT, and a whole send at most
+5 x MAIL_TIMEOUT (SEND_STEPS): a server that answers a line every few seconds
+and never finishes cannot hold a worker's slot for ever. The bound is a socket
+timeout shrunk to the time left before every read and write, so it holds in
+every Celery pool (prefork, threads, gevent) without signals or extra threads.
 """
 
 from __future__ import annotations
 
+import functools
 import html
+import io
 import logging
 import queue
 import smtplib
+import socket
 import ssl
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from email.charset import Charset
+from typing import Any
 
 import yagmail
 
 from kit.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# A whole send (connect or reuse, through the final reply) takes at most this many MAIL_TIMEOUTs.
+SEND_STEPS = 5
 
 
 class TransientMailError(Exception):
@@ -117,10 +131,66 @@ def build_message(
     return recipients, message.replace(yagmail_plain, charset.body_encode(body), 1)
 
 
+class SendDeadlineExceeded(TimeoutError):
+    """The whole send ran past its deadline (SEND_STEPS x MAIL_TIMEOUT)."""
+
+
+class DeadlineReader(socket.SocketIO):
+    """A socket's reading side whose every receive waits only for the time its send has left.
+
+    smtplib reads replies line by line through a buffered file; one line can take
+    several receives, so the bound goes here, on each one.
+    """
+
+    def __init__(self, sock: socket.socket, time_left: Callable[[], float]) -> None:
+        super().__init__(sock, "rb")
+        self.time_left = time_left
+
+    def readinto(self, buffer: Any) -> int | None:
+        self._sock.settimeout(self.time_left())  # type: ignore[attr-defined]
+        return super().readinto(buffer)
+
+
 class TracksData:
-    """An smtplib connection that remembers whether a message's data started going out."""
+    """An smtplib connection that tracks whether a message's data started going out, and
+    ends every read and write by its send's ``deadline`` (a ``time.monotonic()`` value)."""
 
     data_started = False
+    deadline: float | None = None  # None: each step waits up to MAIL_TIMEOUT, no overall bound
+    timeout: float
+    sock: socket.socket | None
+    file: Any
+
+    def __init__(self, *args: Any, deadline: float | None = None, **kwargs: Any) -> None:
+        self.deadline = deadline  # set before smtplib connects and reads the greeting
+        super().__init__(*args, **kwargs)
+
+    def time_left(self) -> float:
+        """The socket timeout for the next step: MAIL_TIMEOUT, or less near the deadline."""
+        if self.deadline is None:
+            return self.timeout
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise SendDeadlineExceeded("the send ran past its deadline")
+        return min(self.timeout, left)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        return super()._get_socket(host, port, min(timeout, self.time_left()))  # type: ignore[misc]
+
+    def send(self, s: bytes | str) -> None:
+        if self.sock is not None:
+            try:
+                # sendall counts its timeout over all the data, not per chunk.
+                self.sock.settimeout(self.time_left())
+            except SendDeadlineExceeded as error:
+                self.close()  # type: ignore[attr-defined]
+                raise smtplib.SMTPServerDisconnected(str(error)) from error
+        super().send(s)  # type: ignore[misc]
+
+    def getreply(self) -> tuple[int, bytes]:
+        if self.file is None and self.sock is not None:
+            self.file = io.BufferedReader(DeadlineReader(self.sock, self.time_left))
+        return super().getreply()  # type: ignore[misc]
 
     def data(self, msg: bytes | str) -> tuple[int, bytes]:
         self.data_started = True  # from the DATA command on, the server may end up with the mail
@@ -136,11 +206,21 @@ class TrackedSMTPSSL(TracksData, smtplib.SMTP_SSL):
 
 
 class Client(yagmail.SMTP):
-    """yagmail's client on connections that tell a failure before the data from one after."""
+    """yagmail's client on connections that tell a failure before the data from one after,
+    and that end every step by the current send's deadline."""
+
+    deadline: float | None = None
 
     @property
-    def connection(self) -> type[smtplib.SMTP]:
-        return TrackedSMTPSSL if self.ssl else TrackedSMTP
+    def connection(self) -> Callable[..., smtplib.SMTP]:
+        kind = TrackedSMTPSSL if self.ssl else TrackedSMTP
+        return functools.partial(kind, deadline=self.deadline)
+
+    def bound(self, deadline: float | None) -> None:
+        """End this client's next steps by `deadline`, on its open connection and any new one."""
+        self.deadline = deadline
+        if self.smtp is not None:
+            self.smtp.deadline = deadline
 
 
 class Mailer:
@@ -152,7 +232,12 @@ class Mailer:
         self._slots = threading.BoundedSemaphore(settings.MAIL_MAX_CONNECTIONS)
         self.unknown_outcomes = 0  # sends whose connection broke after the data went out
 
-    def connect(self) -> Client:
+    @property
+    def send_limit(self) -> float:
+        """Seconds a whole send may take: SEND_STEPS x MAIL_TIMEOUT."""
+        return SEND_STEPS * self.settings.MAIL_TIMEOUT
+
+    def connect(self, deadline: float | None = None) -> Client:
         """Open and log in one new connection, TLS verified before the password goes out.
 
         smtplib checks no certificate unless given a context; the default one
@@ -173,42 +258,58 @@ class Mailer:
             timeout=s.MAIL_TIMEOUT,
             **tls,  # passed on to smtplib.SMTP_SSL
         )
+        client.bound(deadline)
         client.login()
         return client
 
     @contextmanager
-    def connection(self) -> Iterator[Client]:
-        """Lend an open client, idle or new; one that fails is closed, not returned."""
-        with self._slots:
-            try:
-                client = self._idle.get_nowait()
-            except queue.Empty:
-                client = self.connect()
-            try:
-                yield client
-            except BaseException:
-                client.close()
-                raise
-            self._idle.put(client)
+    def connection(self, deadline: float | None = None) -> Iterator[Client]:
+        """Lend an open client, idle or new, bound by `deadline`; one that fails is closed.
+
+        The caller holds one of the pool's slots.
+        """
+        try:
+            client = self._idle.get_nowait()
+            client.bound(deadline)
+        except queue.Empty:
+            client = self.connect(deadline)
+        try:
+            yield client
+        except BaseException:
+            client.close()  # past the deadline it sends no QUIT: every step fails at once
+            raise
+        self._idle.put(client)
 
     def send(self, to: str, subject: str, contents: str, message_id: str) -> None:
         """Send one plain-text mail, like yagmail's ``send``, on a pooled connection.
 
         Raises TransientMailError or PermanentMailError instead of yagmail's own
-        retries with sleeps and its ``False`` for a mail left unsent.
+        retries with sleeps and its ``False`` for a mail left unsent. The send
+        ends within ``send_limit`` seconds of getting a connection slot.
         """
-        try:
+        with self._slots:
+            deadline = time.monotonic() + self.send_limit
             try:
-                self._send_once(to, subject, contents, message_id)
-            except smtplib.SMTPServerDisconnected:
-                # A pooled connection the server closed while idle fails at MAIL FROM,
-                # before any of the message went out: one fresh try is safe.
-                self._send_once(to, subject, contents, message_id)
-        except (smtplib.SMTPException, OSError) as error:
-            raise classify(error) from error
+                try:
+                    self._send_once(to, subject, contents, message_id, deadline)
+                except smtplib.SMTPServerDisconnected:
+                    if time.monotonic() >= deadline:
+                        raise
+                    # A pooled connection the server closed while idle fails at MAIL FROM,
+                    # before any of the message went out: one fresh try is safe.
+                    self._send_once(to, subject, contents, message_id, deadline)
+            except (smtplib.SMTPException, OSError) as error:
+                if time.monotonic() >= deadline:
+                    raise TransientMailError(
+                        f"the SMTP server did not finish the send within {self.send_limit:g} s "
+                        f"({SEND_STEPS} x MAIL_TIMEOUT), before the message went out: {error!r}"
+                    ) from error
+                raise classify(error) from error
 
-    def _send_once(self, to: str, subject: str, contents: str, message_id: str) -> None:
-        with self.connection() as client:
+    def _send_once(
+        self, to: str, subject: str, contents: str, message_id: str, deadline: float
+    ) -> None:
+        with self.connection(deadline) as client:
             recipients, message = build_message(client, to, subject, contents, message_id)
             # A non-ASCII local part can only travel where the server offers SMTPUTF8.
             options = [] if to.isascii() else ["SMTPUTF8"]
@@ -233,9 +334,11 @@ class Mailer:
                 ) from error
 
     def close(self) -> None:
-        """Close every idle connection."""
+        """Close every idle connection, each QUIT waiting at most MAIL_TIMEOUT."""
         while True:
             try:
-                self._idle.get_nowait().close()
+                client = self._idle.get_nowait()
             except queue.Empty:
                 return
+            client.bound(time.monotonic() + self.settings.MAIL_TIMEOUT)
+            client.close()

@@ -1,5 +1,7 @@
 """Mailer: yagmail over reused SMTP connections, and failures sorted into two kinds."""
 
+import socket
+import threading
 import time
 from pathlib import Path
 
@@ -125,3 +127,117 @@ def test_a_connection_lost_after_the_data_is_not_resent_at_once(
     mailer.send(**MAIL, message_id="<next@test>")  # the pool recovers with a new connection
     assert Inbox(tmp_path / "mail").count() == 2
     mailer.close()
+
+
+class DripServer:
+    """An SMTP server on a free loopback port that answers one step in drips and never ends it.
+
+    Every drip (a reply line, or one byte of a line that never ends) comes well within
+    MAIL_TIMEOUT, so no single read times out: only a deadline on the whole send stops
+    it. After GIVE_UP seconds it hangs up, so that a send without one fails its test
+    instead of hanging it.
+    """
+
+    GIVE_UP = 30.0
+
+    def __init__(self, stall_at: str, unit: str = "line", interval: float = 0.2) -> None:
+        self.stall_at = stall_at  # "greeting", "mail" (the second MAIL FROM) or "data-end"
+        self.unit = unit
+        self.interval = interval
+        self.connections = 0
+        self.drips = 0
+        self.mail_froms = 0
+        self.stop = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self.accept, daemon=True).start()
+
+    def accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
+
+    def drip(self, conn: socket.socket, code: bytes) -> None:
+        if self.unit == "byte":
+            conn.sendall(code + b" ")  # a reply line that never ends
+        ends = time.monotonic() + self.GIVE_UP
+        while not self.stop.wait(self.interval) and time.monotonic() < ends:
+            conn.sendall(b"x" if self.unit == "byte" else code + b"-still working\r\n")
+            self.drips += 1
+
+    def serve(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as lines:
+            try:
+                if self.stall_at == "greeting":
+                    return self.drip(conn, b"220")
+                conn.sendall(b"220 drip ready\r\n")
+                for line in lines:
+                    verb = line[:4].upper()
+                    if verb == b"MAIL":
+                        self.mail_froms += 1
+                        if self.stall_at == "mail" and self.mail_froms == 2:
+                            return self.drip(conn, b"250")
+                    if verb == b"DATA":
+                        conn.sendall(b"354 go on\r\n")
+                        while lines.readline() not in (b".\r\n", b""):
+                            pass
+                        if self.stall_at == "data-end":
+                            return self.drip(conn, b"250")
+                    if verb == b"QUIT":
+                        return conn.sendall(b"221 bye\r\n")
+                    conn.sendall(b"250 ok\r\n")
+            except OSError:  # the client hung up
+                return
+
+    def __enter__(self) -> "DripServer":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.listener.close()
+
+
+@pytest.mark.parametrize(
+    "stall_at, unit, error",
+    [
+        ("greeting", "line", TransientMailError),
+        ("greeting", "byte", TransientMailError),
+        ("data-end", "line", OutcomeUnknownMailError),
+    ],
+)
+def test_a_server_that_drips_for_ever_is_cut_off_at_the_send_deadline(
+    stall_at: str, unit: str, error: type[Exception]
+) -> None:
+    """Each drip beats MAIL_TIMEOUT; the whole send still ends by 5 x MAIL_TIMEOUT."""
+    with DripServer(stall_at, unit) as drip:
+        mailer = Mailer(Settings(MAIL_PORT=drip.port, MAIL_TIMEOUT=1))
+        started = time.monotonic()
+        with pytest.raises(error) as caught:
+            mailer.send(**MAIL, message_id="<drip@test>")
+        took = time.monotonic() - started
+    assert mailer.send_limit == 5
+    assert took < mailer.send_limit + 5, f"the send took {took:.1f} s"
+    assert drip.drips >= 5  # the server kept talking: no single step timed out
+    if error is TransientMailError:  # failed before the data: safe to resend, said as such
+        assert not isinstance(caught.value, OutcomeUnknownMailError)
+        assert "within 5 s" in str(caught.value)
+    else:
+        assert mailer.unknown_outcomes == 1
+
+
+def test_a_reused_connection_that_stalls_is_cut_off_and_not_retried() -> None:
+    """The deadline covers a pooled connection too, and a send past it does not try again."""
+    with DripServer("mail") as drip:
+        mailer = Mailer(Settings(MAIL_PORT=drip.port, MAIL_TIMEOUT=1))
+        mailer.send(**MAIL, message_id="<first@test>")
+        started = time.monotonic()
+        with pytest.raises(TransientMailError, match="within 5 s"):
+            mailer.send(**MAIL, message_id="<second@test>")
+        took = time.monotonic() - started
+    assert took < mailer.send_limit + 5, f"the send took {took:.1f} s"
+    assert drip.connections == 1  # the stalled pooled connection, and no fresh one after it
+    assert mailer._idle.qsize() == 0  # the stalled connection was not put back

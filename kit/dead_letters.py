@@ -42,8 +42,11 @@ def _take_all(connection: Connection, queue: str) -> tuple[Any, list[Any]]:
     """Every message in `queue`, taken unacknowledged on one channel (closing it puts them back)."""
     channel = connection.channel()
     messages = []
-    while (message := channel.basic_get(queue, no_ack=False)) is not None:
-        messages.append(message)
+    try:
+        while (message := channel.basic_get(queue, no_ack=False)) is not None:
+            messages.append(message)
+    except connection.channel_errors:  # no such queue: no worker ever ran, nothing failed
+        channel = connection.channel()
     return channel, messages
 
 

@@ -14,9 +14,10 @@ from celery.signals import celeryd_init, worker_process_shutdown
 
 from kit import later, queues
 from kit.broker import embedded_transport_options, is_embedded
-from kit.mailer import Mailer
+from kit.mailer import Mailer, PermanentMailError, TransientMailError
 from kit.settings import Settings, private_folder
-from kit.tracking import backend_url
+from kit.tracking import ClaimBusy, backend_url
+from kit.validation import InvalidMail
 
 
 def json_only(app: Celery) -> None:
@@ -137,6 +138,17 @@ class MailTask(Task):
     """
 
     publish_timeout: float = 1.0  # waiting for RabbitMQ's confirm; set by bounded_publish
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the task; a mail failing for good says where it is kept, for logs and Flower."""
+        try:
+            return super().__call__(*args, **kwargs)
+        except (PermanentMailError, TransientMailError, InvalidMail, ClaimBusy) as error:
+            if is_embedded(self.app.conf.broker_url or ""):
+                raise
+            dead = queues.dead_letter_queue_name(self.app.conf.task_default_queue)
+            note = f"kept in {dead}; fix the cause, then: make replay TASKS={self.request.id}"
+            raise type(error)(f"{error} ({note})") from error
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         options.setdefault("confirm_timeout", self.publish_timeout)

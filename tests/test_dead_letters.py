@@ -94,6 +94,7 @@ def test_a_mail_that_fails_for_good_is_kept_then_replayed_once(
         assert failed["state"] == "FAILURE"
         assert failed["dead_letter_queue"] == f"{queue_name}.dead"
         assert task_id in failed["replay"]
+        assert f"kept in {queue_name}.dead" in failed["error"]  # as Flower and the log show it
         wait_for_ready(f"{queue_name}.dead", 1)
 
         listing = dead_letters_cli()

@@ -87,3 +87,22 @@ def test_flower_shows_the_worker_and_the_mail_it_ran(
     assert worker_name in workers_page, flower.log_text()[-2000:]
     assert "SUCCESS" in task_page and "mailasync.sendMail" in task_page, flower.log_text()[-2000:]
     assert worker_name in task_page  # which worker ran it
+
+
+def test_flower_shows_where_a_failed_mail_is_kept(
+    flower, start_worker, producer, queue_name
+) -> None:
+    start_worker()
+    result = producer.sendMail.delay(
+        {"to": "reject@example.com", "subject": "Refused for good", "body": "Hello"}
+    )
+    deadline = time.monotonic() + 60
+    task_page = ""
+    while time.monotonic() < deadline:
+        task = requests.get(f"{flower.url}/task/{result.id}", timeout=10)
+        task_page = task.text if task.ok else ""
+        if "FAILURE" in task_page:
+            break
+        time.sleep(0.5)
+    assert "FAILURE" in task_page, flower.log_text()[-2000:]
+    assert f"kept in {queue_name}.dead" in task_page and "make replay" in task_page

@@ -1,12 +1,13 @@
 """2. Enqueue throughput from one producer: sendMail.delay() calls per second.
 
-Three ways of publishing, in alternating rounds in one process:
+Four ways of publishing, in alternating rounds in one process:
 - "kit": `sendMail.delay()` with the kit's configuration (durable queue,
-  persistent message, JSON);
+  persistent message, JSON, publisher confirms: each publish waits for
+  RabbitMQ's acknowledgement, so that a 202 means RabbitMQ has the mail);
 - "sent-event": the same with `task_send_sent_event=True`, which the kit used
   to set: one more publish (a task-sent event) per call;
-- "confirm": through a connection with `confirm_publish=True`, where every
-  publish waits for RabbitMQ's acknowledgement;
+- "unconfirmed": through a connection with `confirm_publish=False`, as the
+  kit published before it chose confirms: a 202 then meant "written to a socket";
 - "trimmed": the knobs left that make a publish cheaper, together: a producer
   held by the caller (no pool), `retry=False` and `declare=[]` (no queue
   declaration). The kit does not use them: without the retry, the first
@@ -31,8 +32,8 @@ def run(env: BenchEnv, n: int = 3000, rounds: int = 5) -> dict[str, Any]:
 
     task, app = mailasync.sendMail, mailasync.app
     queue = app.conf.task_default_queue
-    confirming = app.connection_for_write(transport_options={"confirm_publish": True})
-    producer = confirming.Producer()
+    unconfirming = app.connection_for_write(transport_options={"confirm_publish": False})
+    producer = unconfirming.Producer()
     plain = app.connection_for_write()
     held = plain.Producer()
 
@@ -42,13 +43,13 @@ def run(env: BenchEnv, n: int = 3000, rounds: int = 5) -> dict[str, Any]:
     def sent_event() -> None:
         task.delay(MAIL)
 
-    def confirm() -> None:
+    def unconfirmed() -> None:
         task.apply_async((MAIL,), producer=producer)
 
     def trimmed() -> None:
         task.apply_async((MAIL,), producer=held, retry=False, declare=[])
 
-    ways = {"kit": kit, "sent-event": sent_event, "confirm": confirm, "trimmed": trimmed}
+    ways = {"kit": kit, "sent-event": sent_event, "unconfirmed": unconfirmed, "trimmed": trimmed}
     rates: dict[str, list[float]] = {name: [] for name in ways}
     kit_setting = app.conf.task_send_sent_event
     try:
@@ -65,7 +66,7 @@ def run(env: BenchEnv, n: int = 3000, rounds: int = 5) -> dict[str, Any]:
                 env.purge(queue)
     finally:
         app.conf.task_send_sent_event = kit_setting
-        confirming.release()
+        unconfirming.release()
         plain.release()
         env.purge(queue)
     per_second = {name: spread(values) for name, values in rates.items()}
@@ -76,7 +77,8 @@ def run(env: BenchEnv, n: int = 3000, rounds: int = 5) -> dict[str, Any]:
         "kit_sends_sent_event": bool(kit_setting),
         "per_second": per_second,
         "ms_per_call": {name: 1000 / s["median"] for name, s in per_second.items()},
-        "confirm_cost_ratio": kit_rate / per_second["confirm"]["median"],
+        # What the confirms cost: how much faster the same publish is without them.
+        "confirm_cost_ratio": per_second["unconfirmed"]["median"] / kit_rate,
         "sent_event_cost_ratio": kit_rate / per_second["sent-event"]["median"],
         "trimmed_cost_ratio": kit_rate / per_second["trimmed"]["median"],
     }

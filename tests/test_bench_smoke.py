@@ -51,7 +51,7 @@ def test_bench_smoke_run_writes_every_figure(tmp_path: Path) -> None:
     assert steps["bare publish (py-amqp)"] > 0
 
     enqueue = results["enqueue"]
-    assert set(enqueue["per_second"]) == {"kit", "sent-event", "confirm", "trimmed"}
+    assert set(enqueue["per_second"]) == {"kit", "sent-event", "unconfirmed", "trimmed"}
     assert enqueue["kit_sends_sent_event"] is False
     assert all(s["median"] > 0 for s in enqueue["per_second"].values())
 

@@ -20,10 +20,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
-from celery.backends.base import KeyValueStoreBackend
+from celery.backends.base import BaseKeyValueStoreBackend
 from celery.backends.filesystem import FilesystemBackend
 from celery.result import AsyncResult
 from kombu.utils.encoding import ensure_bytes
+
+from kit.settings import Settings
 
 ATOMIC_FILE_BACKEND = "kit.tracking:AtomicFilesystemBackend"
 SENT_KEY_PREFIX = b"mailasync-sent-"
@@ -103,11 +105,17 @@ class SentLedger:
     is live a second run waits and retries; once it has run out without a
     "sent" mark (its holder died mid-send), the next run takes over, knowing
     the mail may already have gone out. ``record`` marks the key sent.
+
+    Entries live ``expires`` seconds (LEDGER_EXPIRES): on Redis each key is written
+    with that expiry; in a file:// folder kit.upkeep sweeps them.
     """
 
-    def __init__(self, app: Celery, lease: float = 60.0) -> None:
+    def __init__(
+        self, app: Celery, lease: float = 60.0, expires: float = Settings.LEDGER_EXPIRES
+    ) -> None:
         self.app = app
         self.lease = lease  # longer than any one send can take
+        self.expires = expires
 
     @contextmanager
     def sending(self, key: str) -> Iterator[Claim]:
@@ -132,9 +140,9 @@ class SentLedger:
         self.record(key)
 
     @property
-    def store(self) -> KeyValueStoreBackend:
+    def store(self) -> BaseKeyValueStoreBackend:
         backend = self.app.backend
-        if not isinstance(backend, KeyValueStoreBackend):
+        if not isinstance(backend, BaseKeyValueStoreBackend):  # Redis is not a KeyValueStoreBackend
             raise RuntimeError(
                 "CELERY_RESULT_BACKEND must be a key-value store such as file:// or redis:// "
                 "so that every worker shares the sent-mail ledger."
@@ -145,7 +153,7 @@ class SentLedger:
         return self.store.get(SENT_KEY_PREFIX + ensure_bytes(key)) is not None
 
     def record(self, key: str) -> None:
-        self.store.set(SENT_KEY_PREFIX + ensure_bytes(key), b"1")
+        self._put(SENT_KEY_PREFIX + ensure_bytes(key), b"1")
 
     def claim(self, key: str, lease: float) -> Claim:
         """Take the right to send `key`'s mail for `lease` seconds, or raise ClaimBusy.
@@ -170,16 +178,36 @@ class SentLedger:
 
     def release(self, claim: Claim) -> None:
         """End a claim after a send that failed, so that a retry can take the next one at once."""
-        self.store.set(claim.name, RELEASED)
+        self._put(claim.name, RELEASED)
+
+    @property
+    def redis(self) -> Any | None:
+        """The Redis client of a redis:// result backend, else None."""
+        store = self.store
+        client = getattr(store, "client", None)
+        if isinstance(store, AtomicFilesystemBackend) or not hasattr(client, "set"):
+            return None
+        return client
+
+    def _put(self, name: bytes, value: bytes) -> None:
+        """Write an entry; on Redis it expires by itself after ``expires`` seconds.
+
+        (Celery's own Redis ``set`` would expire it with the results, after RESULT_EXPIRES.)
+        """
+        redis = self.redis
+        if redis is None:
+            self.store.set(name, value)
+        else:
+            redis.set(name, value, px=round(self.expires * 1000))
 
     def _add(self, name: bytes, value: bytes) -> bool:
         """Add-if-absent on the backend: the file backend's link, Redis's SET NX."""
         store = self.store
         if isinstance(store, AtomicFilesystemBackend):
             return store.add(name, value)
-        client = getattr(store, "client", None)
-        if client is not None and hasattr(client, "set"):  # Redis
-            return bool(client.set(name, value, nx=True))
+        redis = self.redis
+        if redis is not None:
+            return bool(redis.set(name, value, nx=True, px=round(self.expires * 1000)))
         raise RuntimeError(
             f"the result backend {type(store).__name__} cannot claim a send atomically: "
             "use CELERY_RESULT_BACKEND=file://... or redis://..."

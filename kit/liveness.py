@@ -1,20 +1,22 @@
 """How soon a frozen or dead worker's mail goes to another worker, and how long a task may run.
 
-Every pool sends AMQP heartbeats every BROKER_HEARTBEAT / 2 seconds on the connection it
-consumes from; RabbitMQ closes a connection that stays silent for about one to two
-BROKER_HEARTBEAT intervals and hands its unacknowledged mail to another worker. With the
-default of 60 s a frozen worker's mail moves on within about two minutes instead of
-consumer_timeout's 30 (a killed worker's moves at once: the kernel closes its socket).
+Every pool (prefork, threads, gevent) sends AMQP heartbeats on the connection it consumes
+from, every BROKER_HEARTBEAT / 2 seconds. RabbitMQ closes a connection that has been silent
+for two of its checks, one every BROKER_HEARTBEAT seconds, and hands its unacknowledged
+mail to another worker: a frozen worker's mail moved on 12 s after the freeze with 4 s
+heartbeats, in each pool (tests/test_liveness.py). With the default 60 s, expect two to
+three minutes, not consumer_timeout's 30. A killed worker's mail moves at once (the
+kernel closes its socket); only a frozen one needs heartbeats.
 
-Time limits (TIME_LIMIT_MARGIN under ``longest_task_run``):
+Time limits (``longest_task_run``, the soft one TIME_LIMIT_MARGIN earlier):
 
 - prefork: both. The soft limit raises SoftTimeLimitExceeded in the task; the hard one
   kills its process.
-- gevent: hard only (gevent.Timeout in the task's greenlet); the soft limit is ignored.
+- gevent: hard only (a gevent.Timeout in the task's greenlet).
 - threads: neither. The mailer's deadline (5 x MAIL_TIMEOUT a send) and the bounded
   WORK_SECONDS keep a run within the limit anyway.
 
-A task past its hard limit is recorded as failed and acknowledged: its mail is not retried.
+A task stopped by either limit is recorded as failed and acknowledged: its mail is not retried.
 """
 
 from __future__ import annotations

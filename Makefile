@@ -5,6 +5,7 @@
 #   make flower  Celery's live monitor on 127.0.0.1:5555
 #   make dead-letters / make replay    the mails that failed for good; send them again
 #   make bench   the benchmarks (not part of make test)
+#   make mutants   remove each guarantee in a copy: a named test must fail (not in make test)
 #   make notebooks   re-run every notebook in place, for committing its outputs
 
 PYTHON ?= python3
@@ -26,7 +27,7 @@ define pytest_stage
 	if [ $$rc -eq 5 ]; then echo "make: no tests collected for: $(1)"; rc=0; fi; exit $$rc
 endef
 
-.PHONY: setup lab test test-unit test-notebooks notebooks lint inbox worker app flower dead-letters replay bench clean
+.PHONY: setup lab test test-unit test-notebooks notebooks lint inbox worker app flower dead-letters replay bench mutants clean
 
 setup: $(VENV)/.installed
 
@@ -78,6 +79,10 @@ replay: setup
 
 bench: setup
 	$(WITH_BROKER) $(PY) -m bench
+
+# make mutants (all of them), or make mutants MUTANTS='ledger json-only'
+mutants: setup
+	$(WITH_BROKER) $(PY) tests/mutants.py $(MUTANTS)
 
 clean:
 	rm -rf .mailasync .pytest_cache .ruff_cache

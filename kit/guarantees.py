@@ -11,6 +11,7 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.signals import celeryd_init, worker_process_shutdown
+from celery.utils import uuid
 
 from kit import later, queues
 from kit.broker import embedded_transport_options, is_embedded
@@ -77,7 +78,15 @@ def bounded_publish(app: Celery, settings: Settings) -> None:
         broker_connection_max_retries=None,
     )
     if not is_embedded(settings.CELERY_BROKER_URL):
-        app.conf.broker_transport_options = {"confirm_publish": True}
+        app.conf.broker_transport_options = {
+            "confirm_publish": True,
+            # A broker that blocks publishers (a memory or disk alarm) stops reading
+            # the socket: without a read timeout, closing the channel after the
+            # confirm timed out would wait for its answer for ever. Two attempts of
+            # a confirm and a close each: a 503 in about 2.5 x PUBLISH_TIMEOUT.
+            "read_timeout": settings.PUBLISH_TIMEOUT / 4,
+            "write_timeout": settings.PUBLISH_TIMEOUT / 4,
+        }
     MailTask.publish_timeout = settings.PUBLISH_TIMEOUT
     celeryd_init.connect(unbound_worker_publishes, weak=False, dispatch_uid="mailasync-publish")
 
@@ -93,6 +102,11 @@ def unbound_worker_publishes(conf: Any, **_: Any) -> None:
         "interval_max": 5,
     }
     MailTask.publish_timeout = WORKER_PUBLISH_TIMEOUT
+    # The worker's consuming connection waits on a quiet broker by design.
+    options = dict(conf.broker_transport_options or {})
+    options.pop("read_timeout", None)
+    options.pop("write_timeout", None)
+    conf.broker_transport_options = options
 
 
 def tracked(app: Celery, settings: Settings) -> None:
@@ -151,10 +165,21 @@ class MailTask(Task):
             raise type(error)(f"{error} ({note})") from error
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        """Publish with the kit's confirm timeout; a failed publish carries its task id.
+
+        When RabbitMQ does not confirm in time, the mail may still be queued
+        later (a broker that blocks publishers reads it once its alarm clears),
+        so the caller can tell the client which task id to look for.
+        """
         options.setdefault("confirm_timeout", self.publish_timeout)
         options.setdefault("argsrepr", "(<mail>,)")
         options.setdefault("kwargsrepr", repr(kwargs or {}))
-        return super().apply_async(args, kwargs, **options)
+        options.setdefault("task_id", uuid())
+        try:
+            return super().apply_async(args, kwargs, **options)
+        except Exception as error:
+            error.task_id = options["task_id"]  # type: ignore[attr-defined]
+            raise
 
     def retry_later(self, error: Exception, seconds: float, **options: Any) -> Any:
         """self.retry(exc=error, countdown=seconds, ...), the wait held by RabbitMQ (kit/later)."""

@@ -102,8 +102,24 @@ def refusal_in(error: BaseException) -> BaseException | None:
     return None
 
 
+def unconfirmed(error: BaseException) -> bool:
+    """True if `error` ended a wait for RabbitMQ's confirm: the mail went out on a live
+    connection and may be queued later. (A broker that never answered the handshake
+    times out too, before anything was sent: only the frames tell the two apart.)"""
+    seen: BaseException | None = error
+    while seen is not None:
+        frame = seen.__traceback__
+        while frame is not None:
+            if frame.tb_frame.f_code.co_name == "basic_publish_confirm":
+                return True
+            frame = frame.tb_next
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def broker_unavailable(settings: Settings, error: Exception) -> tuple[Response, int]:
     """503: nothing was queued, why (the broker or the queue, password masked), and the fix."""
+    task_id = getattr(error, "task_id", None)
     error = refusal_in(error) or error
     if is_mismatch(error):
         message = f"nothing was queued: {mismatch_fix(settings.CELERY_QUEUE, error)}"
@@ -115,6 +131,15 @@ def broker_unavailable(settings: Settings, error: Exception) -> tuple[Response, 
             f"Operators: check queue {settings.CELERY_QUEUE!r} and RabbitMQ's log "
             "(a full queue, a disk or memory alarm)."
         )
+    elif unconfirmed(error) and task_id:
+        message = (
+            f"the broker at {mask_url(settings.CELERY_BROKER_URL)} did not confirm the mail "
+            f"within PUBLISH_TIMEOUT={settings.PUBLISH_TIMEOUT:g} s ({error}): it may still "
+            f"be queued once the broker recovers, as task {task_id}; look it up at "
+            f"GET /tasks/{task_id} before sending it again. Operators: see RabbitMQ's log "
+            "(a memory or disk alarm blocks publishers)."
+        )
+        return jsonify(error=message, task_id=task_id, outcome="unknown"), 503
     else:
         message = (
             f"the broker at {mask_url(settings.CELERY_BROKER_URL)} is not reachable ({error}); "

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 from kit.processes import Background, free_port, port_answers
 
 SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
+CTL = Path("/usr/lib/rabbitmq/bin/rabbitmqctl")
 
 
 def available() -> str | None:
@@ -80,6 +82,15 @@ class RabbitNode:
         if self.server is not None:
             self.server.stop(timeout=30)
             self.server = None
+
+    def ctl(self, *args: str) -> str:
+        """rabbitmqctl against this node (the full path shares root's Erlang cookie)."""
+        done = subprocess.run(
+            [str(CTL), "-q", "-n", self.name, *args], capture_output=True, text=True, timeout=60
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)} failed: {done.stderr or done.stdout}")
+        return done.stdout
 
     def log_text(self) -> str:
         return self.server.log_text() if self.server else ""

@@ -21,10 +21,11 @@ import pytest
 import requests
 from kombu import Connection, Queue
 
+import rabbitnode
 from conftest import needs_rabbitmq, wait_for_state
-from kit import broker, later
+from kit import broker, later, processes
 from kit.lab import mail
-from kit.processes import start_inbox
+from kit.processes import start_app, start_inbox
 
 pytestmark = [pytest.mark.integration, needs_rabbitmq]
 
@@ -141,8 +142,6 @@ def test_a_retry_that_cannot_be_published_is_dead_lettered(
 def test_a_queue_left_with_other_arguments_stops_the_worker_and_the_app_with_the_fix(
     inbox, web, queue_name
 ) -> None:
-    from kit.processes import start_worker
-
     with Connection(os.environ["CELERY_BROKER_URL"]) as connection:
         Queue(queue_name).bind(connection.default_channel).declare()  # an older kit's queue
 
@@ -152,7 +151,7 @@ def test_a_queue_left_with_other_arguments_stops_the_worker_and_the_app_with_the
     assert f"CELERY_QUEUE={queue_name}-2" in error and f"delete_queue {queue_name}" in error
 
     with pytest.raises(RuntimeError, match="exited early") as stopped:
-        start_worker(timeout=60).stop()
+        processes.start_worker(timeout=60).stop()
     log = str(stopped.value)
     assert f"CELERY_QUEUE={queue_name}-2" in log and f"delete_queue {queue_name}" in log
 
@@ -179,3 +178,47 @@ def test_a_mail_rabbitmq_refuses_is_a_503_not_a_202(inbox, web, start_worker, qu
         assert queue_counts(queue_name)["ready"] == 1
     finally:
         broker.rabbitmqctl("clear_policy", "-p", vhost(), policy)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(rabbitnode.available() is not None, reason="no private RabbitMQ node here")
+def test_a_blocked_broker_gets_503_from_the_app_while_the_workers_retry_waits_it_out(
+    inbox, mailbox, queue_name, monkeypatch, tmp_path: Path
+) -> None:
+    """RabbitMQ blocks publishers on a memory alarm: a request gives up after about
+    PUBLISH_TIMEOUT, the worker's own retry publish waits (and is not dead-lettered)."""
+    node = rabbitnode.RabbitNode(tmp_path / "rabbit").start()
+    started = []
+    try:
+        monkeypatch.setenv("CELERY_BROKER_URL", node.url)
+        monkeypatch.setenv("WORK_SECONDS", "4")
+        web = start_app()
+        worker = processes.start_worker()
+        started += [web, worker]
+        inbox.stop()  # the first send fails, and the worker publishes its retry...
+        task_id = requests.post(f"{web.url}/send", json=mail(1), timeout=10).json()["task_id"]
+        node.ctl("set_vm_memory_high_watermark", "0")  # ...into a broker that blocks it
+        began = time.monotonic()
+        refused = requests.post(f"{web.url}/send", json=mail(2), timeout=30)
+        waited = time.monotonic() - began
+        assert refused.status_code == 503
+        assert waited < 3 * float(os.environ.get("PUBLISH_TIMEOUT", "1")) + 1
+        unknown = refused.json()
+        assert unknown["outcome"] == "unknown" and "memory or disk alarm" in unknown["error"]
+
+        time.sleep(8)  # the work is over and the retry publish has waited a few seconds
+        node.ctl("set_vm_memory_high_watermark", "0.4")
+        started.append(start_inbox(tmp_path / "inbox", port=inbox.port))
+        assert wait_for_state(web.url, task_id, timeout=60)[-1]["state"] == "SUCCESS"
+        assert "Retry in" in worker.log_text()  # its retry waited the alarm out
+        # The unconfirmed mail was in the socket when RabbitMQ blocked it: queued once the
+        # alarm cleared, under the task id the 503 gave, and sent once.
+        later = unknown["task_id"]
+        assert wait_for_state(web.url, later, timeout=60)[-1]["state"] == "SUCCESS"
+        assert sorted(m.message_id for m in mailbox.messages()) == sorted(
+            [f"<{task_id}@mailasync>", f"<{later}@mailasync>"]
+        )
+    finally:
+        for process in reversed(started):
+            process.stop()
+        node.stop()

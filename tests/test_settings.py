@@ -137,3 +137,32 @@ def test_reading_the_settings_file_leaves_no_bytecode_copy(tmp_path: Path) -> No
     load_settings({}, path)
     assert not (tmp_path / "__pycache__").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["default_settings.py"]
+
+
+@pytest.mark.parametrize(
+    ("environ", "named"),
+    [
+        ({"WORK_SECONDS": "900"}, "WORK_SECONDS"),  # a run of 15+ minutes against 30
+        ({"MAIL_RETRY_BACKOFF_MAX": "1200"}, "MAIL_RETRY_BACKOFF_MAX"),
+        ({"BROKER_CONSUMER_TIMEOUT": "120"}, "BROKER_CONSUMER_TIMEOUT"),
+        ({"LEDGER_EXPIRES": "3600"}, "LEDGER_EXPIRES"),  # shorter than a retry window
+    ],
+)
+def test_nothing_is_held_near_rabbitmqs_consumer_timeout(environ: dict, named: str) -> None:
+    """A run or a wait near consumer_timeout would end in redelivery loops: refused."""
+    with pytest.raises(SettingsError, match=named):
+        load_settings(environ, settings_file=Path("/nonexistent"))
+
+
+def test_the_default_retry_window_outlasts_an_hour_of_outage() -> None:
+    from kit.settings import retry_window
+
+    defaults = load_settings({}, settings_file=Path("/nonexistent"))
+    shortest, longest = retry_window(defaults)
+    assert 3600 <= shortest < longest <= 3 * 3600
+    # The old defaults (8 retries from 1 s up to 60 s) gave up within minutes.
+    old = load_settings(
+        {"MAIL_RETRY_MAX": "8", "MAIL_RETRY_BACKOFF": "1", "MAIL_RETRY_BACKOFF_MAX": "60"},
+        settings_file=Path("/nonexistent"),
+    )
+    assert retry_window(old)[1] < 300

@@ -182,7 +182,7 @@ class TracksData:
             try:
                 # sendall counts its timeout over all the data, not per chunk.
                 self.sock.settimeout(self.time_left())
-            except SendDeadlineExceeded as error:
+            except OSError as error:  # past the deadline, or a socket closed under us
                 self.close()  # type: ignore[attr-defined]
                 raise smtplib.SMTPServerDisconnected(str(error)) from error
         super().send(s)  # type: ignore[misc]

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from celery import Celery, Task
+from celery.exceptions import SoftTimeLimitExceeded
 
 from kit import guarantees, liveness, upkeep
 from kit.mailer import Mailer, TransientMailError
@@ -45,8 +46,8 @@ upkeep.install(app, settings)  # old results and ledger entries expire, with no 
 yag = Mailer(settings)  # yagmail clients kept logged in; failures sorted into retry or give up
 guarantees.close_at_worker_exit(yag)
 # Which mails went out and which run may send now, so that no mail goes out twice;
-# a claim outlives any send, whose every step MAIL_TIMEOUT bounds.
-ledger = SentLedger(app, lease=6 * settings.MAIL_TIMEOUT)
+# a claim outlives any send, which the mailer ends within 5 x MAIL_TIMEOUT.
+ledger = SentLedger(app, lease=6 * settings.MAIL_TIMEOUT, expires=settings.LEDGER_EXPIRES)
 
 
 @app.task(bind=True, base=guarantees.MailTask, name="mailasync.sendMail")
@@ -63,7 +64,7 @@ def sendMail(self: Task, data: dict[str, Any], work_done: bool = False) -> dict[
             yag.send(to=mail.to, subject=mail.subject, contents=mail.body, message_id=message_id)
     except AlreadySent:  # another run sent it while this one worked
         return {"message_id": message_id, "duplicate": True}
-    except (TransientMailError, ClaimBusy) as error:  # it cannot go now: wait, then try again
+    except (TransientMailError, ClaimBusy, SoftTimeLimitExceeded) as error:  # not now: try later
         raise self.retry_later(  # self.retry, with the wait held by RabbitMQ, not the worker
             error,
             backoff(self.request.retries, settings),

@@ -83,12 +83,12 @@ BAD_BODIES = [
         json.dumps({**mail(), "to": "a@example.com\nBcc: x@example.com"}),
         "application/json",
         400,
-        "",
+        "single line",
     ),
     (json.dumps({**mail(), "subject": "s" * 201}), "application/json", 400, "limit"),
     (json.dumps({**mail(), "body": "b" * 10_001}), "application/json", 400, "limit"),
     (json.dumps(mail()), "text/plain", 415, "Content-Type"),
-    ("x" * 70_000, "application/json", 413, ""),
+    ("x" * 70_000, "application/json", 413, "capacity limit"),
 ]
 
 

@@ -16,7 +16,8 @@ Time limits (``longest_task_run``, the soft one TIME_LIMIT_MARGIN earlier):
 - threads: neither. The mailer's deadline (5 x MAIL_TIMEOUT a send) and the bounded
   WORK_SECONDS keep a run within the limit anyway.
 
-A task stopped by either limit is recorded as failed and acknowledged: its mail is not retried.
+A send cut by the soft limit is retried later (mailasync.py); a run the hard limit
+stops is recorded as FAILURE and acknowledged, not retried.
 """
 
 from __future__ import annotations

@@ -46,6 +46,11 @@ def nothing_lost(app: Celery) -> None:
         task_reject_on_worker_lost=True,
         task_acks_on_failure=False,
         worker_prefetch_multiplier=1,
+        # After a reconnect Celery 5.7 lowers the prefetch count, then restores it with a
+        # basic.qos sent from a pool thread; in a threads worker that thread and the main
+        # one read the same socket, and the worker stalls until heartbeats cut it off
+        # (half the runs of tests/test_connection_drop.py did).
+        worker_enable_prefetch_count_reduction=False,
         worker_cancel_long_running_tasks_on_connection_loss=True,
     )
 

@@ -80,7 +80,7 @@ replay: setup
 bench: setup
 	$(WITH_BROKER) $(PY) -m bench
 
-# make mutants (all of them), or make mutants MUTANTS='ledger json-only'
+# make mutants (all of them), or make mutants MUTANTS='ledger-sent json-only'
 mutants: setup
 	$(WITH_BROKER) $(PY) tests/mutants.py $(MUTANTS)
 

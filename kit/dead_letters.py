@@ -78,32 +78,31 @@ def replay(url: str, queue: str, task_ids: Iterable[str] | None = None) -> list[
     """
     wanted = set(task_ids) if task_ids else None
     moved = []
-    with connect(url) as connection:
-        with Connection(url, transport_options={"confirm_publish": True}) as confirming:
-            producer = confirming.Producer()
-            channel, messages = _take_all(connection, dead_letter_queue_name(queue))
-            for message in messages:
-                letter = _describe(message)
-                if wanted is not None and letter.task_id not in wanted:
-                    continue
-                headers = {k: v for k, v in message.headers.items() if k not in DEATH_HEADERS}
-                headers["retries"] = 0
-                producer.publish(
-                    message.body,
-                    exchange="",
-                    routing_key=queue,
-                    headers=headers,
-                    content_type=message.content_type,
-                    content_encoding=message.content_encoding,
-                    delivery_mode=2,
-                    correlation_id=message.properties.get("correlation_id"),
-                    reply_to=message.properties.get("reply_to"),
-                    priority=message.properties.get("priority"),
-                    retry=True,
-                )
-                channel.basic_ack(message.delivery_tag)
-                moved.append(letter.task_id)
-            channel.close()  # the others go back to the dead-letter queue
+    with Connection(url, transport_options={"confirm_publish": True}) as connection:
+        producer = connection.Producer()
+        channel, messages = _take_all(connection, dead_letter_queue_name(queue))
+        for message in messages:
+            letter = _describe(message)
+            if wanted is not None and letter.task_id not in wanted:
+                continue
+            headers = {k: v for k, v in message.headers.items() if k not in DEATH_HEADERS}
+            headers["retries"] = 0
+            producer.publish(
+                message.body,
+                exchange="",
+                routing_key=queue,
+                headers=headers,
+                content_type=message.content_type,
+                content_encoding=message.content_encoding,
+                delivery_mode=2,
+                correlation_id=message.properties.get("correlation_id"),
+                reply_to=message.properties.get("reply_to"),
+                priority=message.properties.get("priority"),
+                retry=True,
+            )
+            channel.basic_ack(message.delivery_tag)
+            moved.append(letter.task_id)
+        channel.close()  # the others go back to the dead-letter queue
     return moved
 
 

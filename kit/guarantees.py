@@ -92,7 +92,6 @@ def bounded_publish(app: Celery, settings: Settings) -> None:
             "read_timeout": settings.PUBLISH_TIMEOUT / 4,
             "write_timeout": settings.PUBLISH_TIMEOUT / 4,
         }
-    MailTask.publish_timeout = settings.PUBLISH_TIMEOUT
     celeryd_init.connect(unbound_worker_publishes, weak=False, dispatch_uid="mailasync-publish")
 
 
@@ -106,7 +105,6 @@ def unbound_worker_publishes(conf: Any, **_: Any) -> None:
         "interval_step": 1,
         "interval_max": 5,
     }
-    MailTask.publish_timeout = WORKER_PUBLISH_TIMEOUT
     # The worker's consuming connection waits on a quiet broker by design.
     options = dict(conf.broker_transport_options or {})
     options.pop("read_timeout", None)
@@ -156,8 +154,6 @@ class MailTask(Task):
     short stand-in instead.
     """
 
-    publish_timeout: float = 1.0  # waiting for RabbitMQ's confirm; set by bounded_publish
-
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the task; a mail failing for good says where it is kept, for logs and Flower."""
         try:
@@ -176,7 +172,9 @@ class MailTask(Task):
         later (a broker that blocks publishers reads it once its alarm clears),
         so the caller can tell the client which task id to look for.
         """
-        options.setdefault("confirm_timeout", self.publish_timeout)
+        # The confirm waits as long as a connection may: PUBLISH_TIMEOUT in the web app,
+        # WORKER_PUBLISH_TIMEOUT in a worker (bounded_publish, unbound_worker_publishes).
+        options.setdefault("confirm_timeout", self.app.conf.broker_connection_timeout)
         options.setdefault("argsrepr", "(<mail>,)")
         options.setdefault("kwargsrepr", repr(kwargs or {}))
         options.setdefault("task_id", uuid())

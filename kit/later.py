@@ -58,20 +58,3 @@ def hold_options(seconds: float, queue: Queue, on_rabbitmq: bool) -> dict[str, A
             "routing_key": calculate_routing_key(int(seconds), queue.routing_key),
         }
     return {"countdown": seconds, "exchange": queue.exchange, "routing_key": queue.routing_key}
-
-
-def waiting(connection: Connection) -> int:
-    """Messages waiting in the delay queues now (0 for levels never declared)."""
-    channel = connection.channel()
-    total = 0
-    try:
-        for level in range(TOP_LEVEL + 1):
-            try:
-                total += channel.queue_declare(
-                    queue=level_name(level, PREFIX), passive=True
-                ).message_count
-            except connection.channel_errors:
-                channel = connection.channel()
-    finally:
-        channel.close()
-    return total

@@ -62,18 +62,22 @@ def mismatch_fix(queue: str, error: Exception) -> str:
     )
 
 
-def declare(connection: Connection, queue: Queue) -> None:
-    """Declare `queue`, its dead-letter queue and the delay queues; QueueMismatch if it differs."""
+def declare_mail_queue(connection: Connection, queue: Queue) -> None:
+    """Declare the mail queue; QueueMismatch if it exists with other arguments."""
     channel = connection.channel()
     try:
-        dead_letter_queue(queue.name).bind(channel).declare()
-        try:
-            queue.bind(channel).declare()
-        except PreconditionFailed as error:
-            raise QueueMismatch(mismatch_fix(queue.name, error)) from None
+        queue.bind(channel).declare()
+    except PreconditionFailed as error:
+        raise QueueMismatch(mismatch_fix(queue.name, error)) from None
     finally:
         if channel.is_open:
             channel.close()
+
+
+def declare_around(connection: Connection, queue: Queue) -> None:
+    """Declare what the mail queue relies on: its dead-letter queue and the delay queues."""
+    with connection.channel() as channel:
+        dead_letter_queue(queue.name).bind(channel).declare()
     later.declare(connection, queue)
 
 
@@ -84,14 +88,14 @@ def is_mismatch(error: BaseException) -> bool:
 
 class DeclareQueues(bootsteps.StartStopStep):
     """Worker step: on every (re)connection, after the task consumer declared the mail
-    queue, declare its dead-letter queue and the delay queues too."""
+    queue, declare its dead-letter queue and the delay queues too, before any reject."""
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
     def start(self, consumer: Any) -> None:
         app = consumer.app
         if not is_embedded(app.conf.broker_url or ""):
-            declare(consumer.connection, app.amqp.queues[app.conf.task_default_queue])
+            declare_around(consumer.connection, app.amqp.queues[app.conf.task_default_queue])
 
 
 def check_at_start(sender: Any, **_: Any) -> None:
@@ -102,7 +106,7 @@ def check_at_start(sender: Any, **_: Any) -> None:
         return
     try:
         with app.connection_for_write() as connection:
-            declare(connection, app.amqp.queues[app.conf.task_default_queue])
+            declare_mail_queue(connection, app.amqp.queues[app.conf.task_default_queue])
     except QueueMismatch as error:
         raise SystemExit(f"mailasync: {error}") from None
     except Exception:  # noqa: BLE001 (a broker that is down: the worker's own loop waits for it)

@@ -183,11 +183,8 @@ class SentLedger:
     @property
     def redis(self) -> Any | None:
         """The Redis client of a redis:// result backend, else None."""
-        store = self.store
-        client = getattr(store, "client", None)
-        if isinstance(store, AtomicFilesystemBackend) or not hasattr(client, "set"):
-            return None
-        return client
+        client = getattr(self.store, "client", None)  # the file backend has none
+        return client if hasattr(client, "set") else None
 
     def _put(self, name: bytes, value: bytes) -> None:
         """Write an entry; on Redis it expires by itself after ``expires`` seconds.

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import traceback
+from collections.abc import Iterator
 from typing import Any
 
 from amqp.exceptions import ChannelError, MessageNacked
@@ -91,30 +93,29 @@ def check_task_id(task_id: str) -> None:
 PUBLISH_FAILURES = (OperationalError, ChannelError, MessageNacked)
 
 
+def causes(error: BaseException) -> Iterator[BaseException]:
+    """`error`, then what caused it, and so on (kombu wraps what py-amqp raised)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
+
+
 def refusal_in(error: BaseException) -> BaseException | None:
     """The broker's refusal behind a publish error, if it was one (kombu wraps a negative
     confirm, which it retries like a lost connection, in an OperationalError)."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, (ChannelError, MessageNacked)):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
+    return next((e for e in causes(error) if isinstance(e, (ChannelError, MessageNacked))), None)
 
 
 def unconfirmed(error: BaseException) -> bool:
     """True if `error` ended a wait for RabbitMQ's confirm: the mail went out on a live
     connection and may be queued later. (A broker that never answered the handshake
     times out too, before anything was sent: only the frames tell the two apart.)"""
-    seen: BaseException | None = error
-    while seen is not None:
-        frame = seen.__traceback__
-        while frame is not None:
-            if frame.tb_frame.f_code.co_name == "basic_publish_confirm":
-                return True
-            frame = frame.tb_next
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return any(
+        frame.name == "basic_publish_confirm"
+        for cause in causes(error)
+        for frame in traceback.extract_tb(cause.__traceback__)
+    )
 
 
 def broker_unavailable(settings: Settings, error: Exception) -> tuple[Response, int]:

@@ -14,6 +14,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
 
 import pytest
 
@@ -100,6 +102,40 @@ needs_acknowledgements = pytest.mark.skipif(
     reason="needs a broker with acknowledgements: the embedded broker loses what a killed "
     "worker held (notebook 06 measures it)",
 )
+
+
+def vhost() -> str:
+    """This run's RabbitMQ virtual host, from CELERY_BROKER_URL."""
+    path = urlparse(os.environ["CELERY_BROKER_URL"]).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
+def queue_counts(queue: str) -> tuple[int, int]:
+    """(messages_ready, messages_unacknowledged) of `queue`, as RabbitMQ itself counts them."""
+    out = broker.rabbitmqctl(
+        "list_queues",
+        "-p",
+        vhost(),
+        "--no-table-headers",
+        "name",
+        "messages_ready",
+        "messages_unacknowledged",
+    )
+    for line in out.splitlines():
+        name, ready, unacked = line.split("\t")
+        if name == queue:
+            return int(ready), int(unacked)
+    raise AssertionError(f"no queue {queue} in vhost {vhost()}: {out!r}")
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = 60, poll: float = 0.05) -> Any:
+    """Poll `check()` until it returns something true; return it."""
+    deadline = time.monotonic() + timeout
+    while not (found := check()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} within {timeout} s")
+        time.sleep(poll)
+    return found
 
 
 def task_status(url: str, task_id: str) -> dict:

@@ -17,12 +17,11 @@ import re
 import signal
 import time
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import pytest
 
 import conftest
-from conftest import needs_rabbitmq
+from conftest import needs_rabbitmq, vhost, wait_until
 from kit import broker
 from kit.lab import mail
 
@@ -33,25 +32,11 @@ WORK_SECONDS = 3.0
 WAIT = 180.0  # generous: two workers of four on two shared cores
 
 
-def vhost() -> str:
-    """This run's RabbitMQ virtual host, from CELERY_BROKER_URL."""
-    path = urlparse(os.environ["CELERY_BROKER_URL"]).path
-    return unquote(path[1:]) if len(path) > 1 else "/"
-
-
 def states(producer: Any, ids: list[str]) -> collections.Counter[str]:
     """How many of the tasks are in each state, read fresh from the result backend."""
     return collections.Counter(
         producer.app.backend.get_task_meta(task_id, cache=False)["status"] for task_id in ids
     )
-
-
-def wait_for(what: str, check: Any, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {what} within {timeout} s")
-        time.sleep(0.05)
 
 
 def paths_taken(log: str) -> dict[str, int]:
@@ -90,7 +75,7 @@ def test_every_mail_once_when_rabbitmq_drops_the_workers_connections(
         "prefork": start_worker(pool="prefork", concurrency=4, name=f"drill-prefork-{os.getpid()}"),
     }
     ids = [producer.sendMail.delay(mail(n)).id for n in range(MAILS)]
-    wait_for("8 runs at work", lambda: states(producer, ids)["STARTED"] >= 8, timeout=60)
+    wait_until("8 runs at work", lambda: states(producer, ids)["STARTED"] >= 8, timeout=60)
     for name, worker in workers.items():
         assert paths_taken(worker.log_text())["received"] >= 3, f"{name} is not busy"
     before_the_drop = mailbox.count()
@@ -101,7 +86,11 @@ def test_every_mail_once_when_rabbitmq_drops_the_workers_connections(
         worker.wait_for_log(r"Connection to broker lost", timeout=60)
 
     try:
-        wait_for(f"all {MAILS} tasks SUCCESS", lambda: states(producer, ids)["SUCCESS"] == MAILS)
+        wait_until(
+            f"all {MAILS} tasks SUCCESS",
+            lambda: states(producer, ids)["SUCCESS"] == MAILS,
+            timeout=WAIT,
+        )
     except TimeoutError:
         for worker in workers.values():  # Celery logs every thread's stack on SIGUSR1
             os.kill(worker.pid, signal.SIGUSR1)

@@ -15,35 +15,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pytest
 import requests
 from kombu import Connection, Queue
 
 import rabbitnode
-from conftest import needs_rabbitmq, wait_for_state
+from conftest import needs_rabbitmq, queue_counts, vhost, wait_for_state, wait_until
 from kit import broker, later, processes
 from kit.lab import mail
 from kit.processes import start_app, start_inbox
 
 pytestmark = [pytest.mark.integration, needs_rabbitmq]
-
-
-def vhost() -> str:
-    return urlparse(os.environ["CELERY_BROKER_URL"]).path.lstrip("/") or "/"
-
-
-def queue_counts(queue: str) -> dict[str, int]:
-    """messages_ready and messages_unacknowledged of `queue`, as RabbitMQ counts them."""
-    out = broker.rabbitmqctl(
-        "list_queues", "-p", vhost(), "name", "messages_ready", "messages_unacknowledged"
-    )
-    for line in out.splitlines():
-        name, *counts = line.split("\t")
-        if name == queue:
-            return {"ready": int(counts[0]), "unacked": int(counts[1])}
-    return {"ready": 0, "unacked": 0}
 
 
 def waiting_in_delay_queues(connection: Connection) -> int:
@@ -83,7 +66,7 @@ def test_a_retry_waits_in_rabbitmq_not_in_the_worker(
 
     with Connection(os.environ["CELERY_BROKER_URL"]) as connection:
         assert waiting_in_delay_queues(connection) == 1
-    assert queue_counts(queue_name) == {"ready": 0, "unacked": 0}  # the worker holds nothing
+    assert queue_counts(queue_name) == (0, 0)  # the worker holds nothing
 
     restarted = start_inbox(tmp_path / "inbox", port=inbox.port)
     try:
@@ -110,11 +93,13 @@ def test_a_mail_that_fails_for_good_is_kept_then_replayed_once(
         assert failed["dead_letter_queue"] == f"{queue_name}.dead"
         assert task_id in failed["replay"]
         assert f"kept in {queue_name}.dead" in failed["error"]  # as Flower and the log show it
-        wait_for_ready(f"{queue_name}.dead", 1)
+        wait_until(
+            "1 dead letter(s)", lambda: queue_counts(f"{queue_name}.dead")[0] == 1, timeout=10
+        )
 
         listing = dead_letters_cli()
         assert task_id in listing and "rejected" in listing and "535" in listing
-        assert queue_counts(f"{queue_name}.dead")["ready"] == 1  # listing takes nothing away
+        assert queue_counts(f"{queue_name}.dead")[0] == 1  # listing takes nothing away
 
         # The fix, on the server's side this time: it now takes the worker's password.
         server.stop()
@@ -123,17 +108,9 @@ def test_a_mail_that_fails_for_good_is_kept_then_replayed_once(
         assert wait_for_state(web.url, task_id, timeout=60)[-1]["state"] == "SUCCESS"
         messages = Inbox(tmp_path / "strict").messages()
         assert [m.message_id for m in messages] == [f"<{task_id}@mailasync>"]
-        assert queue_counts(f"{queue_name}.dead")["ready"] == 0
+        assert queue_counts(f"{queue_name}.dead")[0] == 0
     finally:
         server.stop()
-
-
-def wait_for_ready(queue: str, count: int, timeout: float = 10) -> None:
-    """Wait until `queue` has `count` messages ready (RabbitMQ's counts lag a little)."""
-    deadline = time.monotonic() + timeout
-    while queue_counts(queue)["ready"] != count and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert queue_counts(queue)["ready"] == count
 
 
 def test_a_retry_that_cannot_be_published_is_dead_lettered(
@@ -150,7 +127,7 @@ def test_a_retry_that_cannot_be_published_is_dead_lettered(
     failed = wait_for_state(web.url, task_id, timeout=60)[-1]
     assert failed["state"] == "FAILURE"
     assert "NOT_FOUND" in failed["error"]  # the missing exchange, not the 451
-    wait_for_ready(f"{queue_name}.dead", 1)
+    wait_until("1 dead letter(s)", lambda: queue_counts(f"{queue_name}.dead")[0] == 1, timeout=10)
 
 
 def test_a_queue_left_with_other_arguments_stops_the_worker_and_the_app_with_the_fix(
@@ -189,7 +166,7 @@ def test_a_mail_rabbitmq_refuses_is_a_503_not_a_202(inbox, web, start_worker, qu
         assert first.status_code == 202
         assert second.status_code == 503
         assert "refused the mail" in second.json()["error"]
-        assert queue_counts(queue_name)["ready"] == 1
+        assert queue_counts(queue_name)[0] == 1
     finally:
         broker.rabbitmqctl("clear_policy", "-p", vhost(), policy)
 

@@ -18,12 +18,10 @@ import statistics
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import pytest
 
-from conftest import needs_acknowledgements, needs_rabbitmq
-from kit import broker
+from conftest import needs_acknowledgements, needs_rabbitmq, queue_counts, wait_until
 from kit.lab import mail
 from kit.processes import Background, start_inbox
 from kit.settings import Settings, load_settings, retry_window
@@ -57,46 +55,12 @@ def wait_for_meta(
     return found
 
 
-def wait_until(what: str, check: Any, timeout: float = WAIT, poll: float = 0.02) -> Any:
-    """Poll `check()` until it returns something true; return it."""
-    deadline = time.monotonic() + timeout
-    while not (found := check()):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"no {what} within {timeout} s")
-        time.sleep(poll)
-    return found
-
-
 def children(pid: int) -> list[int]:
     """The PIDs of a process's direct children, from /proc (no name matching)."""
     found: list[int] = []
     for listing in Path(f"/proc/{pid}/task").glob("*/children"):
         found += [int(child) for child in listing.read_text().split()]
     return sorted(set(found))
-
-
-def vhost() -> str:
-    """This run's RabbitMQ virtual host, from CELERY_BROKER_URL."""
-    path = urlparse(os.environ["CELERY_BROKER_URL"]).path
-    return unquote(path[1:]) if len(path) > 1 else "/"
-
-
-def queue_counts(queue: str) -> tuple[int, int]:
-    """(messages_ready, messages_unacknowledged) of `queue`, as RabbitMQ itself counts them."""
-    out = broker.rabbitmqctl(
-        "list_queues",
-        "-p",
-        vhost(),
-        "--no-table-headers",
-        "name",
-        "messages_ready",
-        "messages_unacknowledged",
-    )
-    for line in out.splitlines():
-        name, ready, unacked = line.split("\t")
-        if name == queue:
-            return int(ready), int(unacked)
-    raise AssertionError(f"no queue {queue} in vhost {vhost()}: {out!r}")
 
 
 def message_ids(mailbox: Any) -> collections.Counter[str]:
